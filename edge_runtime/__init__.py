@@ -1,0 +1,22 @@
+"""Edge runtime: the host-side half of airflow-provider-orchesjob.
+
+Installed on remote hosts without Airflow; provides the ``orchesjob``,
+``orchesjob-reserver`` and ``orchesjob-flow`` command-line tools, all backed by
+local SQLite files through one shared store layer.
+"""
+
+# Kept as a literal (not importlib.metadata) because every remote poll is a new
+# process and metadata lookups cost several milliseconds of start-up time.
+__version__ = "0.1.0"
+
+# Capabilities advertised by ``orchesjob info`` so remote callers can check
+# what this runtime supports before relying on it.
+CAPABILITIES = (
+    "reuse-policy",
+    "result",
+    "cancel",
+    "status-log-chunks",
+    "status-batch",
+    "start-cwd-env-timeout",
+    "forget-keys",
+)

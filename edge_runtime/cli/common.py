@@ -1,0 +1,84 @@
+"""What the three CLIs share: argument parsing that fails as JSON, output, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from ..errors import OrchesError, UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as ``UsageError`` (JSON on stderr, exit 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def emit(obj: Any) -> None:
+    """Print one JSON document on stdout (UTF-8 whatever the locale)."""
+    data = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    sys.stdout.buffer.write(data.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
+
+
+def emit_error(obj: Mapping[str, Any]) -> None:
+    data = json.dumps(obj, ensure_ascii=False) + "\n"
+    sys.stderr.buffer.write(data.encode("utf-8", "surrogateescape"))
+    sys.stderr.flush()
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split at the first ``--``: (own options, command). The command may be empty."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def run_cli(main: Callable[[list[str]], int], exit_codes: Mapping[str, int] | None = None) -> NoReturn:
+    """Run ``main(argv)`` and turn every failure into one JSON object on stderr.
+
+    ``exit_codes`` maps an error kind to this tool's exit code where it differs
+    from the default of ``OrchesError`` subclasses.
+    """
+    try:
+        code = main(sys.argv[1:])
+    except OrchesError as exc:
+        emit_error(exc.to_json())
+        code = (exit_codes or {}).get(exc.kind, exc.exit_code)
+    except KeyboardInterrupt:
+        emit_error({"error": "interrupted", "error_type": "interrupted"})
+        code = 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); nothing useful left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - never a traceback for the user
+        if os.environ.get("ORCHESJOB_DEBUG"):
+            raise
+        emit_error({"error": f"internal error: {type(exc).__name__}: {exc}", "error_type": "internal"})
+        code = 1
+    sys.exit(code)
+
+
+def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
+    """``KEY=VALUE`` strings (from repeatable --env) to a dict."""
+    if not pairs:
+        return None
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or "\x00" in pair:
+            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env

@@ -1,0 +1,282 @@
+"""``orchesjob``: the idempotent one-shot job runner (thin CLI over edge_runtime.jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import UsageError
+from ..timefmt import parse_datetime, parse_duration, parse_seconds
+from .common import Parser, emit, parse_env_pairs, run_cli, split_command
+
+DESCRIPTION = """\
+Idempotent one-shot job runner. Every command prints JSON on stdout; errors are
+one JSON object on stderr. Exit codes: 0 success, 1 general error (for `result`:
+the job finished unsuccessfully), 2 invalid arguments, 3 job/run key not found,
+4 invalid or inconsistent state (for `result`: not finished yet), 5 lock error.
+
+State lives in $ORCHESJOB_HOME (orchesjob.db, logs/); without it, /var/lib/orchesjob
+when this user may write there, else ~/.local/share/orchesjob. `orchesjob info`
+prints the resolved paths.
+"""
+
+START_EPILOG = """\
+reuse policies (what start does when the run key already has a FINISHED attempt;
+an attempt that is still STARTING/RUNNING is always returned, never duplicated):
+  always       start a new attempt (default)
+  failed-only  return a SUCCEEDED attempt; start a new attempt only after
+               FAILED, LOST, ABORTED or CANCELLED (what Airflow retries use)
+  never        one execution per run key, ever (same as --strict); `unlock`
+               grants a one-time exception
+examples:
+  orchesjob start --run-key nightly-backup -- /usr/local/bin/backup.sh
+  orchesjob start --run-key import-2026-05-02 --reuse-policy failed-only \\
+      --cwd /srv/app --env MODE=full --timeout 2h -- ./import.sh --date 2026-05-02
+"""
+
+
+def _selector(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--run-key", metavar="KEY", help="select the newest job of this run key")
+    g.add_argument("--job-id", metavar="ID", help="select one job by id")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="orchesjob", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"orchesjob {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "start",
+        help="start a job, or return the attempt the run key already has",
+        usage="orchesjob start --run-key KEY [options] -- COMMAND [ARGS...]",
+        epilog=START_EPILOG,
+    )
+    p.add_argument("--run-key", metavar="KEY", required=True, help="idempotency key (required)")
+    p.add_argument("--sync", action="store_true", help="block until the job finishes")
+    p.add_argument("--strict", action="store_true", help="one execution per run key, ever (= --reuse-policy never)")
+    p.add_argument(
+        "--reuse-policy",
+        choices=("always", "failed-only", "never"),
+        help="what to do when the run key already finished (see below)",
+    )
+    p.add_argument(
+        "--start-timeout", metavar="SECS", default="10", help="seconds async start waits for target_pid (default: 10)"
+    )
+    p.add_argument("--cwd", metavar="DIR", help="working directory of the command")
+    p.add_argument("--env", metavar="KEY=VALUE", action="append", help="extra environment variable (repeatable)")
+    p.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="host-side runtime limit (seconds or 30s/10m/2h/1d); the supervisor kills the "
+        "command's process group when exceeded, even if nobody is polling",
+    )
+
+    p = sub.add_parser(
+        "status",
+        help="status of a job, a run key's history, several jobs, or all running jobs",
+        description="Without --all: the newest job as one JSON object. With several --run-key/--job-id: "
+        "a JSON array, one entry per selector. --stdout-offset/--stderr-offset add the next chunk of "
+        "the log from that byte offset (one job only), so a poller needs one call per poll.",
+    )
+    p.add_argument("--run-key", metavar="KEY", action="append", help="look up by run key (repeatable)")
+    p.add_argument("--job-id", metavar="ID", action="append", help="look up by job id (repeatable)")
+    p.add_argument("--running", action="store_true", help="list all STARTING/RUNNING jobs")
+    p.add_argument("--all", action="store_true", help="every attempt of the run key, newest first")
+    p.add_argument("--stdout-offset", metavar="BYTES", type=int, help="include stdout from this byte offset")
+    p.add_argument("--stderr-offset", metavar="BYTES", type=int, help="include stderr from this byte offset")
+    p.add_argument(
+        "--max-bytes", metavar="N", type=int, default=65536, help="maximum bytes per log chunk (default: 65536)"
+    )
+
+    p = sub.add_parser(
+        "result",
+        help="the finished job's JSON; exit 0 succeeded, 1 failed, 3 not found, 4 not finished",
+    )
+    _selector(p)
+
+    p = sub.add_parser("logs", help="print the stdout or stderr of a job")
+    _selector(p)
+    p.add_argument("--stream", choices=("stdout", "stderr"), default="stdout", help="which stream (default: stdout)")
+
+    p = sub.add_parser(
+        "clean",
+        help="delete terminal jobs and their logs",
+        usage="orchesjob clean (--before DATETIME | --after DATETIME | --all | --job-id ID) "
+        "[--run-key KEY] [--dry-run] [--forget-keys]",
+        description="Delete terminal jobs (by finish time) with their log files; active jobs are never "
+        "deleted. DATETIME is epoch seconds or ISO 8601 (no offset = local time). A cleaned run key "
+        "stays consumed for --strict/failed-only starts unless --forget-keys is given.",
+    )
+    p.add_argument("--before", metavar="DATETIME", help="terminal jobs finished before this time")
+    p.add_argument("--after", metavar="DATETIME", help="terminal jobs finished at or after this time")
+    p.add_argument("--all", action="store_true", help="all terminal jobs")
+    p.add_argument("--job-id", metavar="ID", help="one specific terminal job")
+    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    p.add_argument(
+        "--forget-keys",
+        action="store_true",
+        help="also forget the run keys whose jobs were all deleted (their next start is a first start)",
+    )
+
+    for name, verb in (("abort", "ABORTED"), ("cancel", "CANCELLED")):
+        p = sub.add_parser(
+            name,
+            help=f"stop an active job, recorded as {verb} before signals are sent",
+            description=f"Record {verb}, send SIGTERM to the command's process group and the supervisor, "
+            "wait the grace period, then SIGKILL what is left.",
+        )
+        _selector(p)
+        p.add_argument("--reason", metavar="TEXT", help="reason stored in the job record")
+        p.add_argument(
+            "--grace-seconds", metavar="SECS", default="5", help="seconds between SIGTERM and SIGKILL (default: 5)"
+        )
+
+    p = sub.add_parser("unlock", help="allow one more execution of a finished strict run key")
+    p.add_argument("--run-key", metavar="KEY", required=True, help="run key to unlock (required)")
+    p.add_argument("--reason", metavar="TEXT", help="reason for the override")
+    p.add_argument("--ttl", metavar="DURATION", help="override expiry: seconds or 30s/10m/2h/1d")
+
+    p = sub.add_parser("rerun", help="start a new execution of a finished job, regardless of strict mode")
+    _selector(p)
+    p.add_argument("--sync", action="store_true", help="block until the new job finishes")
+    p.add_argument("--reason", metavar="TEXT", help="rerun reason stored in the job record")
+    p.add_argument("--start-timeout", metavar="SECS", default="10", help="seconds async rerun waits (default: 10)")
+
+    sub.add_parser("info", help="version, capabilities and the resolved state paths")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    own, command = split_command(argv)
+    if own[:1] == ["start"] and "--" not in argv and not {"-h", "--help"} & set(own):
+        raise UsageError("orchesjob start: put the command after --, e.g. orchesjob start --run-key K -- CMD ARGS")
+    args = build_parser().parse_args(own)
+    if args.cmd != "start" and command:
+        raise UsageError(f"orchesjob {args.cmd}: unexpected arguments after --: {' '.join(command)}")
+
+    from ..jobs import open_jobs
+
+    jobs = open_jobs()
+    cmd = args.cmd
+    if cmd == "start":
+        if not command:
+            raise UsageError("orchesjob start: no command after --")
+        policy = args.reuse_policy or ("never" if args.strict else "always")
+        if args.strict and policy != "never":
+            raise UsageError("--strict conflicts with --reuse-policy " + policy)
+        emit(
+            jobs.start(
+                command,
+                args.run_key,
+                sync=args.sync,
+                reuse_policy=policy,
+                start_timeout=parse_seconds(args.start_timeout, "--start-timeout"),
+                cwd=args.cwd,
+                env=parse_env_pairs(args.env),
+                timeout=parse_duration(args.timeout, "--timeout") if args.timeout else None,
+            )
+        )
+    elif cmd == "status":
+        return _status(jobs, args)
+    elif cmd == "result":
+        job = jobs.result(args.run_key, args.job_id)
+        emit(job)
+        return 0 if job["status"] == "SUCCEEDED" else 1
+    elif cmd == "logs":
+        path = jobs.log_path(args.stream, args.run_key, args.job_id)
+        _copy_file(path)
+    elif cmd == "clean":
+        emit(
+            jobs.clean(
+                before=parse_datetime(args.before, "--before") if args.before else None,
+                after=parse_datetime(args.after, "--after") if args.after else None,
+                all_=args.all,
+                job_id=args.job_id,
+                run_key=args.run_key,
+                dry_run=args.dry_run,
+                forget_keys=args.forget_keys,
+            )
+        )
+    elif cmd in ("abort", "cancel"):
+        emit(
+            jobs.stop(
+                args.run_key,
+                args.job_id,
+                status="ABORTED" if cmd == "abort" else "CANCELLED",
+                reason=args.reason,
+                grace=parse_seconds(args.grace_seconds, "--grace-seconds"),
+            )
+        )
+    elif cmd == "unlock":
+        emit(jobs.unlock(args.run_key, args.reason, parse_duration(args.ttl, "--ttl") if args.ttl else None))
+    elif cmd == "rerun":
+        emit(
+            jobs.rerun(
+                args.run_key,
+                args.job_id,
+                sync=args.sync,
+                reason=args.reason,
+                start_timeout=parse_seconds(args.start_timeout, "--start-timeout"),
+            )
+        )
+    elif cmd == "info":
+        emit(jobs.info())
+    return 0
+
+
+def _status(jobs, args) -> int:
+    keys, ids = args.run_key or [], args.job_id or []
+    chunks = args.stdout_offset is not None or args.stderr_offset is not None
+    if args.running:
+        if keys or ids or args.all or chunks:
+            raise UsageError("--running cannot be combined with other selectors")
+        emit(jobs.running())
+        return 0
+    if not keys and not ids:
+        raise UsageError("orchesjob status: one of --run-key, --job-id or --running is required")
+    if args.all:
+        if len(keys) != 1 or ids or chunks:
+            raise UsageError("--all requires exactly one --run-key and no other selector")
+        emit(jobs.history(keys[0]))
+        return 0
+    if len(keys) + len(ids) > 1:
+        if chunks:
+            raise UsageError("--stdout-offset/--stderr-offset need a single --run-key or --job-id")
+        emit(jobs.status_many(keys, ids))
+        return 0
+    job = jobs.status(keys[0] if keys else None, ids[0] if ids else None)
+    if chunks:
+        from ..jobs import MAX_CHUNK_BYTES, read_chunk
+
+        if not 1 <= args.max_bytes <= MAX_CHUNK_BYTES:
+            raise UsageError(f"--max-bytes must be between 1 and {MAX_CHUNK_BYTES}")
+        for stream in ("stdout", "stderr"):
+            offset = getattr(args, stream + "_offset")
+            if offset is not None:
+                if offset < 0:
+                    raise UsageError(f"--{stream}-offset must be >= 0")
+                job[stream + "_chunk"] = read_chunk(job[stream + "_file"], offset, args.max_bytes)
+    emit(job)
+    return 0
+
+
+def _copy_file(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 16):
+                sys.stdout.buffer.write(block)
+    except FileNotFoundError:
+        pass  # nothing written yet, or cleaned
+    sys.stdout.flush()
+
+
+def entry() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entry()

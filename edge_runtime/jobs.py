@@ -1,0 +1,644 @@
+"""Jobs: the idempotent one-shot job runner behind ``orchesjob``.
+
+Life of a job::
+
+    start ──claim (one write txn)──▶ STARTING ──supervisor records target──▶ RUNNING
+                                         │                                     │
+                                         └──────────────┬──────────────────────┘
+                                                        ▼
+                         SUCCEEDED / FAILED (supervisor)   ABORTED / CANCELLED (abort, cancel)
+                         LOST (an observer proved every recorded process gone)
+
+Who may run: the claim — deciding whether a run key gets a new execution and
+inserting it — happens inside one ``BEGIN IMMEDIATE`` transaction, backed by the
+``jobs_one_active_per_run_key`` index and ``UNIQUE(run_key, attempt_no)``.
+
+Who may declare a job dead: anyone reading an active job checks the recorded
+process identities (claimer, supervisor, target process group). Only when all
+are provably gone does it write LOST, again inside a write transaction that
+re-reads the row first, so it can never overwrite a real outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from . import process
+from .errors import InvalidState, NotFound, OrchesError, UsageError
+from .home import jobs_db_path, jobs_home
+from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
+from .store import Store
+from .timefmt import now, with_iso
+
+# Reuse policies: what a new ``start`` does when the run key already has a
+# finished attempt. An active attempt is always returned, never duplicated.
+REUSE_ALWAYS = "always"  # default: start a new attempt (spec behaviour)
+REUSE_FAILED_ONLY = "failed-only"  # new attempt only if the last did not SUCCEED
+REUSE_NEVER = "never"  # --strict: one execution per run key, ever
+REUSE_POLICIES = (REUSE_ALWAYS, REUSE_FAILED_ONLY, REUSE_NEVER)
+
+MAX_RUN_KEY_LEN = 1024
+DEFAULT_CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+# After a SIGKILL of the target group, how long the supervisor gets to record
+# the exit status before it is killed too.
+_SUPERVISOR_RECORD_GRACE = 2.0
+
+
+def _new_job_id() -> str:
+    # A random (version 4) UUID without importing uuid (saves start-up time).
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def validate_run_key(run_key: str) -> str:
+    if not run_key or not run_key.strip():
+        raise UsageError("--run-key must not be empty")
+    if len(run_key) > MAX_RUN_KEY_LEN:
+        raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
+    if "\x00" in run_key:
+        raise UsageError("--run-key must not contain NUL bytes")
+    return run_key
+
+
+def validate_job_id(job_id: str) -> str:
+    # Job ids name log files: refuse anything that is not a plain token.
+    if not job_id or any(c in job_id for c in "/\\\x00") or job_id in (".", "..") or len(job_id) > 128:
+        raise UsageError(f"invalid job id {job_id!r}", job_id=job_id)
+    return job_id
+
+
+def job_json(row: sqlite3.Row) -> dict[str, Any]:
+    """The job object printed by every command (spec field names first)."""
+    target = row["target_pid"]
+    out: dict[str, Any] = {
+        "job_id": row["job_id"],
+        "run_key": row["run_key"],
+        "command": json.loads(row["command"]),
+        "pid": target if target is not None else row["worker_pid"],
+        "pid_kind": "target" if target is not None else ("worker" if row["worker_pid"] is not None else None),
+        "worker_pid": row["worker_pid"],
+        "target_pid": target,
+        "status": row["status"],
+        "exit_code": row["exit_code"],
+        "error": row["error"],
+        "stdout_file": row["stdout_file"],
+        "stderr_file": row["stderr_file"],
+        "attempt_no": row["attempt_no"],
+        "reuse_policy": row["reuse_policy"],
+        "strict": row["reuse_policy"] == REUSE_NEVER,
+        "strict_override_used": bool(row["strict_override_used"]),
+        "rerun_of_job_id": row["rerun_of_job_id"],
+        "rerun_reason": row["rerun_reason"],
+        "abort_reason": row["abort_reason"],
+        "cwd": row["cwd"],
+        "env_keys": sorted(json.loads(row["env"])) if row["env"] else [],
+        "timeout": row["timeout"],
+    }
+    for name in ("started_at", "finished_at", "updated_at", "aborted_at"):
+        with_iso(out, name, row[name])
+    return out
+
+
+def _start_reply(job: dict[str, Any], *, accepted: bool, sync: bool) -> dict[str, Any]:
+    """The job JSON led by the spec's start fields (accepted, existing, mode, ...)."""
+    out: dict[str, Any] = {
+        "accepted": accepted,
+        "existing": not accepted,
+        "mode": "sync" if sync else "async",
+        "strict": job.get("strict", False),
+        "strict_override_used": job.get("strict_override_used", False),
+    }
+    out.update(job)
+    return out
+
+
+def tombstone_json(rk: sqlite3.Row) -> dict[str, Any]:
+    """What is left of a run key whose job rows were removed by ``clean``."""
+    out: dict[str, Any] = {
+        "job_id": rk["last_job_id"],
+        "run_key": rk["run_key"],
+        "status": rk["last_status"],
+        "exit_code": rk["last_exit_code"],
+        "attempt_no": rk["attempts"],
+        "purged": True,
+    }
+    with_iso(out, "finished_at", rk["last_finished_at"])
+    return out
+
+
+def read_chunk(path: str, offset: int, max_bytes: int) -> dict[str, Any]:
+    """The next chunk of a log file from a byte ``offset``.
+
+    ``next_offset`` is where the caller continues. The chunk never ends inside
+    a UTF-8 sequence unless it cannot be decoded anyway; text that is valid
+    UTF-8 is returned as ``encoding: utf-8``, anything else as base64, so
+    arbitrary bytes survive JSON unchanged.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            data = f.read(max_bytes)
+    except FileNotFoundError:
+        size, data = 0, b""
+    # Do not cut a multi-byte UTF-8 character in two: back off to its start.
+    if len(data) == max_bytes:
+        for back in range(1, 4):
+            if len(data) > back and (data[-back] & 0xC0) == 0xC0:
+                need = 2 if data[-back] < 0xE0 else 3 if data[-back] < 0xF0 else 4
+                if need > back:
+                    data = data[:-back]
+                break
+            if (data[-back] & 0xC0) != 0x80:
+                break
+    chunk: dict[str, Any] = {"offset": offset, "next_offset": offset + len(data), "size": size}
+    try:
+        chunk["encoding"], chunk["data"] = "utf-8", data.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        chunk["encoding"], chunk["data"] = "base64", base64.b64encode(data).decode("ascii")
+    return chunk
+
+
+class Jobs:
+    """The job runner's operations over one ``orchesjob.db`` and its logs."""
+
+    def __init__(self, home: str | None = None) -> None:
+        self.home = home or jobs_home()
+        self.db_path = jobs_db_path(self.home)
+        self.logs_dir = os.path.join(self.home, "logs")
+        self.store = Store(self.db_path, JOBS_MIGRATIONS)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ lookup
+    def _latest(self, run_key: str) -> sqlite3.Row | None:
+        return self.store.one("SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,))
+
+    def _by_id(self, job_id: str) -> sqlite3.Row | None:
+        return self.store.one("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+
+    def _find(self, run_key: str | None = None, job_id: str | None = None) -> sqlite3.Row:
+        if job_id is not None:
+            row = self._by_id(validate_job_id(job_id))
+            if row is None:
+                raise NotFound(f"job not found: {job_id}", job_id=job_id)
+        else:
+            assert run_key is not None
+            row = self._latest(run_key)
+            if row is None:
+                raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+        return self._judge(row)
+
+    # --------------------------------------------------------------- liveness
+    @staticmethod
+    def _dead_reason(row: sqlite3.Row) -> str | None:
+        """Why an active job is provably dead, or None while anything may still run."""
+        boot = row["boot_id"]
+        if process.is_alive(row["worker_pid"], row["worker_start"], boot):
+            return None
+        if row["target_pid"] is not None:
+            if process.group_alive(row["target_pid"], row["target_start"], boot):
+                return None  # supervisor gone, command still running: stay active
+            return "supervisor and command exited without recording a result"
+        if row["worker_pid"] is not None:
+            return "supervisor exited before starting the command"
+        if process.is_alive(row["claimer_pid"], row["claimer_start"], boot):
+            return None  # start is still in progress
+        return "start was interrupted before the supervisor launched"
+
+    def _judge(self, row: sqlite3.Row) -> sqlite3.Row:
+        """Return ``row``, first turning a provably dead active job into LOST."""
+        if row["status"] not in ACTIVE_JOB_STATUSES or self._dead_reason(row) is None:
+            return row
+        with self.store.write() as db:
+            return self._mark_lost_locked(db, row["job_id"])
+
+    def _mark_lost_locked(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        # Re-read inside the write lock: the supervisor may have just recorded
+        # the real outcome, which must never be overwritten.
+        row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        reason = self._dead_reason(row) if row["status"] in ACTIVE_JOB_STATUSES else None
+        if reason is not None:
+            t = now()
+            db.execute(
+                "UPDATE jobs SET status='LOST', error=?, finished_at=?, updated_at=? WHERE job_id=?",
+                (reason, t, t, job_id),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row
+
+    # ------------------------------------------------------------------ start
+    def start(
+        self,
+        command: list[str],
+        run_key: str,
+        *,
+        sync: bool = False,
+        reuse_policy: str = REUSE_ALWAYS,
+        start_timeout: float = 10.0,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Start ``command`` under ``run_key`` or return the attempt that must not be repeated."""
+        validate_run_key(run_key)
+        if not command:
+            raise UsageError("no command given; put it after --")
+        if reuse_policy not in REUSE_POLICIES:
+            raise UsageError(f"unknown reuse policy {reuse_policy!r}; choose from {', '.join(REUSE_POLICIES)}")
+        if cwd is not None and not os.path.isdir(cwd):
+            raise UsageError(f"--cwd: not a directory: {cwd}", cwd=cwd)
+        if timeout is not None and timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        with self.store.write() as db:
+            existing, override = self._claim_decision(db, run_key, reuse_policy)
+            if existing is not None:
+                job = existing if isinstance(existing, dict) else job_json(existing)
+                return _start_reply(job, accepted=False, sync=sync)
+            job_id = self._insert_job(
+                db,
+                run_key=run_key,
+                command=command,
+                cwd=cwd,
+                env=env,
+                timeout=timeout,
+                mode="sync" if sync else "async",
+                reuse_policy=reuse_policy,
+                override=override,
+            )
+        return self._launch(job_id, sync=sync, start_timeout=start_timeout)
+
+    def _claim_decision(
+        self, db: sqlite3.Connection, run_key: str, policy: str
+    ) -> tuple[sqlite3.Row | dict | None, str | None]:
+        """Inside the write lock: (attempt to return instead, or None; unlock reason used)."""
+        latest = db.execute(
+            "SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
+        ).fetchone()
+        if latest is not None and latest["status"] in ACTIVE_JOB_STATUSES:
+            latest = self._mark_lost_locked(db, latest["job_id"])
+            if latest["status"] in ACTIVE_JOB_STATUSES:
+                return latest, None
+        rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
+        if rk is None or rk["attempts"] == 0 or policy == REUSE_ALWAYS:
+            return None, None
+        previous: sqlite3.Row | dict = latest if latest is not None else tombstone_json(rk)
+        if policy == REUSE_FAILED_ONLY and previous["status"] != "SUCCEEDED":
+            return None, None
+        t = now()
+        if rk["unlock_at"] is not None and (rk["unlock_expires_at"] is None or rk["unlock_expires_at"] > t):
+            # A one-time override: consumed by this very claim.
+            db.execute(
+                "UPDATE run_keys SET unlock_at=NULL, unlock_expires_at=NULL, unlock_reason=NULL, "
+                "updated_at=? WHERE run_key=?",
+                (t, run_key),
+            )
+            return None, rk["unlock_reason"] or ""
+        return previous, None
+
+    def _insert_job(
+        self,
+        db: sqlite3.Connection,
+        *,
+        run_key: str,
+        command: list[str],
+        cwd: str | None,
+        env: dict[str, str] | None,
+        timeout: float | None,
+        mode: str,
+        reuse_policy: str,
+        override: str | None = None,
+        rerun_of: str | None = None,
+        rerun_reason: str | None = None,
+    ) -> str:
+        t = now()
+        db.execute(
+            "INSERT INTO run_keys (run_key, attempts, created_at, updated_at) VALUES (?, 1, ?, ?) "
+            "ON CONFLICT (run_key) DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at",
+            (run_key, t, t),
+        )
+        attempt = db.execute("SELECT attempts FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()[0]
+        job_id = _new_job_id()
+        claimer_pid, claimer_start = process.identity()
+        try:
+            db.execute(
+                "INSERT INTO jobs (job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, "
+                "reuse_policy, strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, "
+                "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at) "
+                "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    run_key,
+                    attempt,
+                    json.dumps(command),
+                    cwd,
+                    json.dumps(env) if env else None,
+                    timeout,
+                    mode,
+                    reuse_policy,
+                    int(override is not None),
+                    override or None,
+                    process.boot_id(),
+                    claimer_pid,
+                    claimer_start,
+                    os.path.join(self.logs_dir, job_id + ".stdout"),
+                    os.path.join(self.logs_dir, job_id + ".stderr"),
+                    rerun_of,
+                    rerun_reason,
+                    t,
+                    t,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            # Only reachable if the decision logic were wrong: the schema refuses
+            # a second active execution for the key.
+            raise InvalidState(f"run key {run_key} already has an active job ({exc})", run_key=run_key) from None
+        return job_id
+
+    def _launch(self, job_id: str, *, sync: bool, start_timeout: float) -> dict[str, Any]:
+        """Spawn the supervisor and wait as the mode asks; return the job JSON."""
+        from .supervisor import spawn
+
+        os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
+        notify = spawn(self.db_path, job_id)
+        notify.wait_for(b"W", timeout=max(start_timeout, 30.0))
+        if sync:
+            row = self._by_id(job_id)
+            if row["worker_pid"] is not None:
+                process.wait_exit(row["worker_pid"], row["worker_start"], row["boot_id"], None)
+        else:
+            notify.wait_for(b"T", timeout=start_timeout)
+        notify.close()
+        return _start_reply(job_json(self._judge(self._by_id(job_id))), accepted=True, sync=sync)
+
+    # ----------------------------------------------------------------- status
+    def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
+        row = self._find(run_key, job_id)
+        return job_json(row)
+
+    def status_many(self, run_keys: Iterable[str] = (), job_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """One entry per selector, in order; a missing one is reported, not fatal."""
+        out: list[dict[str, Any]] = []
+        for kind, values in (("run_key", run_keys), ("job_id", job_ids)):
+            for value in values:
+                try:
+                    out.append(self.status(**{kind: value}))
+                except NotFound as exc:
+                    out.append({kind: value, "status": None, "error": exc.message, "error_type": exc.kind})
+        return out
+
+    def history(self, run_key: str) -> list[dict[str, Any]]:
+        rows = self.store.all("SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC", (run_key,))
+        if not rows and self.store.one("SELECT 1 FROM run_keys WHERE run_key = ?", (run_key,)) is None:
+            raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+        return [job_json(self._judge(r)) for r in rows]
+
+    def running(self) -> list[dict[str, Any]]:
+        rows = self.store.all("SELECT * FROM jobs WHERE status IN ('STARTING','RUNNING') ORDER BY started_at")
+        judged = (self._judge(r) for r in rows)
+        return [job_json(r) for r in judged if r["status"] in ACTIVE_JOB_STATUSES]
+
+    def result(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
+        """The terminal job; ``InvalidState`` while it is still active."""
+        row = self._find(run_key, job_id)
+        if row["status"] in ACTIVE_JOB_STATUSES:
+            raise InvalidState(
+                f"job {row['job_id']} has not finished (status {row['status']})",
+                job_id=row["job_id"],
+                run_key=row["run_key"],
+                status=row["status"],
+            )
+        return job_json(row)
+
+    def log_path(self, stream: str, run_key: str | None = None, job_id: str | None = None) -> str:
+        row = self._find(run_key, job_id)
+        return row["stdout_file"] if stream == "stdout" else row["stderr_file"]
+
+    # ------------------------------------------------------------ abort/cancel
+    def stop(
+        self,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        status: str = "ABORTED",
+        reason: str | None = None,
+        grace: float = 5.0,
+    ) -> dict[str, Any]:
+        """Record ABORTED/CANCELLED first, then SIGTERM, grace, SIGKILL the job's processes."""
+        row = self._find(run_key, job_id)
+        with self.store.write() as db:
+            row = self._mark_lost_locked(db, row["job_id"])
+            if row["status"] not in ACTIVE_JOB_STATUSES:
+                raise InvalidState(
+                    f"job {row['job_id']} is not active (status {row['status']})",
+                    job_id=row["job_id"],
+                    run_key=row["run_key"],
+                    status=row["status"],
+                )
+            t = now()
+            db.execute(
+                "UPDATE jobs SET status=?, abort_reason=?, aborted_at=?, finished_at=?, updated_at=? WHERE job_id=?",
+                (status, reason, t, t, t, row["job_id"]),
+            )
+        sent = self._terminate(row, grace)
+        out = job_json(self._by_id(row["job_id"]))
+        out.update(sent)
+        out["aborted" if status == "ABORTED" else "cancelled"] = True
+        return out
+
+    @staticmethod
+    def _terminate(row: sqlite3.Row, grace: float) -> dict[str, bool]:
+        boot = row["boot_id"]
+        target = (row["target_pid"], row["target_start"])
+        worker = (row["worker_pid"], row["worker_start"])
+        sent = {
+            "sent_term_target": process.signal_group(*target, boot, 15),
+            "sent_term_worker": process.signal_process(*worker, boot, 15),
+        }
+
+        def wait(check, seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            delay = 0.01
+            while check() and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+        wait(lambda: process.group_alive(*target, boot) or process.is_alive(*worker, boot), grace)
+        sent["sent_kill_target"] = process.signal_group(*target, boot, 9)
+        if sent["sent_kill_target"]:
+            # Let the supervisor reap the command and record its exit status.
+            wait(lambda: process.is_alive(*worker, boot), _SUPERVISOR_RECORD_GRACE)
+        sent["sent_kill_worker"] = process.signal_process(*worker, boot, 9)
+        return sent
+
+    # ----------------------------------------------------------- unlock/rerun
+    def unlock(self, run_key: str, reason: str | None = None, ttl: float | None = None) -> dict[str, Any]:
+        validate_run_key(run_key)
+        latest = self._latest(run_key)
+        if latest is not None:
+            latest = self._judge(latest)
+        with self.store.write() as db:
+            rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
+            if rk is None or rk["attempts"] == 0:
+                raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+            if latest is not None and latest["status"] in ACTIVE_JOB_STATUSES:
+                raise InvalidState(
+                    f"run key {run_key} has an active job; it can be unlocked once it finishes",
+                    run_key=run_key,
+                    status=latest["status"],
+                )
+            t = now()
+            expires = t + ttl if ttl is not None else None
+            db.execute(
+                "UPDATE run_keys SET unlock_reason=?, unlock_at=?, unlock_expires_at=?, updated_at=? WHERE run_key=?",
+                (reason, t, expires, t, run_key),
+            )
+        out: dict[str, Any] = {"unlocked": True, "run_key": run_key, "reason": reason}
+        with_iso(out, "allowed_at", t)
+        with_iso(out, "expires_at", expires)
+        return out
+
+    def rerun(
+        self,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        sync: bool = False,
+        reason: str | None = None,
+        start_timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        source = self._find(run_key, job_id)
+        if source["status"] in ACTIVE_JOB_STATUSES:
+            raise InvalidState(
+                f"job {source['job_id']} is still {source['status']}; only finished jobs can be rerun",
+                job_id=source["job_id"],
+                status=source["status"],
+            )
+        with self.store.write() as db:
+            new_id = self._insert_job(
+                db,
+                run_key=source["run_key"],
+                command=json.loads(source["command"]),
+                cwd=source["cwd"],
+                env=json.loads(source["env"]) if source["env"] else None,
+                timeout=source["timeout"],
+                mode="sync" if sync else "async",
+                reuse_policy=source["reuse_policy"],
+                rerun_of=source["job_id"],
+                rerun_reason=reason,
+            )
+        return self._launch(new_id, sync=sync, start_timeout=start_timeout)
+
+    # ------------------------------------------------------------------ clean
+    def clean(
+        self,
+        *,
+        before: float | None = None,
+        after: float | None = None,
+        all_: bool = False,
+        job_id: str | None = None,
+        run_key: str | None = None,
+        dry_run: bool = False,
+        forget_keys: bool = False,
+    ) -> dict[str, Any]:
+        """Delete terminal jobs (and logs) by the spec's selection rules.
+
+        The ``run_keys`` row survives (remembering the last outcome) so a
+        consumed strict key stays consumed, unless ``forget_keys`` is set.
+        """
+        if job_id is not None:
+            if before is not None or after is not None or all_ or run_key is not None:
+                raise UsageError("--job-id cannot be combined with other selection options")
+            row = self._find(job_id=job_id)
+            if row["status"] in ACTIVE_JOB_STATUSES:
+                raise InvalidState(f"job {job_id} is still {row['status']}; only terminal jobs are cleaned")
+            where, params = "job_id = ?", [job_id]
+        else:
+            if before is None and after is None and not all_:
+                raise UsageError("choose what to clean: --before, --after, --all or --job-id")
+            if all_ and (before is not None or after is not None):
+                raise UsageError("--all cannot be combined with --before/--after")
+            clauses, params = [], []
+            if before is not None:
+                clauses.append("finished_at < ?")
+                params.append(before)
+            if after is not None:
+                clauses.append("finished_at >= ?")
+                params.append(after)
+            if run_key is not None:
+                clauses.append("run_key = ?")
+                params.append(run_key)
+            where = " AND ".join(clauses) or "1"
+        where += " AND status IN ({})".format(",".join("?" * len(TERMINAL_JOB_STATUSES)))
+        params.extend(TERMINAL_JOB_STATUSES)
+        errors = 0
+        with self.store.write() as db:
+            rows = db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY finished_at, attempt_no", params).fetchall()
+            if not dry_run and rows:
+                self._delete_jobs_locked(db, rows, forget_keys)
+        if not dry_run:
+            for r in rows:
+                for path in (r["stdout_file"], r["stderr_file"]):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        errors += 1
+        items = []
+        for r in rows:
+            item = {"job_id": r["job_id"], "run_key": r["run_key"], "status": r["status"]}
+            with_iso(item, "selected_at", r["finished_at"])
+            items.append(item)
+        return {"deleted": 0 if dry_run else len(rows), "errors": errors, "dry_run": dry_run, "items": items}
+
+    @staticmethod
+    def _delete_jobs_locked(db: sqlite3.Connection, rows: list[sqlite3.Row], forget_keys: bool) -> None:
+        ids = [r["job_id"] for r in rows]
+        for r in rows:
+            # Remember the outcome of a key's newest attempt before its row goes.
+            db.execute(
+                "UPDATE run_keys SET last_job_id=?, last_status=?, last_exit_code=?, last_finished_at=? "
+                "WHERE run_key=? AND attempts=?",
+                (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["run_key"], r["attempt_no"]),
+            )
+        db.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in ids])
+        if forget_keys:
+            keys = {r["run_key"] for r in rows}
+            db.executemany(
+                "DELETE FROM run_keys WHERE run_key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_key = ?)",
+                [(k, k) for k in keys],
+            )
+
+    # ------------------------------------------------------------------- info
+    def info(self) -> dict[str, Any]:
+        from . import CAPABILITIES, __version__
+        from .home import describe
+
+        out = {"version": __version__, "python": sys.version.split()[0], "capabilities": list(CAPABILITIES)}
+        out.update(describe())
+        out["orchesjob_home"] = self.home
+        out["orchesjob_db"] = self.db_path
+        return out
+
+
+def open_jobs(home: str | None = None) -> Jobs:
+    try:
+        return Jobs(home)
+    except OrchesError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise OrchesError(f"cannot use job database: {exc}") from None

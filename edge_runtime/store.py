@@ -1,0 +1,73 @@
+"""The one layer that owns SQLite: connection settings, migrations, transactions.
+
+Durability: WAL journal with ``synchronous=FULL`` — every commit fsyncs the WAL,
+so a committed claim on a run key survives a power loss (``NORMAL`` in WAL mode
+may lose the last transactions). Writers use ``BEGIN IMMEDIATE`` so that every
+check-then-insert decision is taken while holding the single write lock.
+
+Schema work runs only when ``PRAGMA user_version`` is behind the code, i.e. once
+per schema version, never on the hot path of a poll.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from .errors import LockError, OrchesError
+
+BUSY_TIMEOUT_S = 30.0
+
+
+class Store:
+    """A connection to one SQLite database file with a given migration list."""
+
+    def __init__(self, path: str, migrations: Sequence[str]) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OrchesError(f"cannot open database {path}: {exc}", db=path) from None
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA synchronous=FULL")
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(migrations):
+            self._migrate(migrations)
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        # journal_mode is persistent in the file; set it once, outside a transaction.
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        with self.write():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(migrations[version:], start=version + 1):
+                for statement in script.split(";\n"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database write lock from its start."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise LockError(f"database is locked: {self.path}: {exc}", db=self.path) from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def one(self, sql: str, params: Sequence = ()) -> sqlite3.Row | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
