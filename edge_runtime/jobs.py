@@ -375,14 +375,34 @@ class Jobs:
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         notify = spawn(self.db_path, job_id)
         notify.wait_for(b"W", timeout=max(start_timeout, 30.0))
-        if sync:
-            row = self._by_id(job_id)
-            if row["worker_pid"] is not None:
-                process.wait_exit(row["worker_pid"], row["worker_start"], row["boot_id"], None)
-        else:
+        if not sync:
             notify.wait_for(b"T", timeout=start_timeout)
         notify.close()
+        if sync:
+            self.wait(job_id)
         return _start_reply(job_json(self._judge(self._by_id(job_id))), accepted=True, sync=sync)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job is terminal (or ``timeout``); returns its JSON.
+
+        Waits on the supervisor's exit through a pidfd, so it wakes as soon as the
+        outcome is recorded and costs no CPU meanwhile. If the supervisor is gone
+        but the command still runs, falls back to polling the process group.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            row = self._judge(self._by_id(job_id))
+            if row["status"] not in ACTIVE_JOB_STATUSES:
+                return job_json(row)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return job_json(row)
+            if process.is_alive(row["worker_pid"], row["worker_start"], row["boot_id"]):
+                process.wait_exit(row["worker_pid"], row["worker_start"], row["boot_id"], remaining)
+            else:
+                time.sleep(delay if remaining is None else min(delay, remaining))
+                delay = min(delay * 2, 0.5)
 
     # ----------------------------------------------------------------- status
     def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:

@@ -24,15 +24,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def emit(obj: Any) -> None:
-    """Print one JSON document on stdout (UTF-8 whatever the locale)."""
-    data = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    sys.stdout.buffer.write(data.encode("utf-8", "surrogateescape"))
+    """Print one JSON document on stdout.
+
+    ASCII-only (non-ASCII as \\u escapes): valid whatever the locale of a
+    non-interactive SSH session, and safe for undecodable bytes in argv.
+    """
+    data = json.dumps(obj, indent=2) + "\n"
+    sys.stdout.buffer.write(data.encode("ascii"))
     sys.stdout.flush()
 
 
 def emit_error(obj: Mapping[str, Any]) -> None:
-    data = json.dumps(obj, ensure_ascii=False) + "\n"
-    sys.stderr.buffer.write(data.encode("utf-8", "surrogateescape"))
+    data = json.dumps(obj) + "\n"
+    sys.stderr.buffer.write(data.encode("ascii"))
     sys.stderr.flush()
 
 

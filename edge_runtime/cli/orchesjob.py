@@ -73,6 +73,7 @@ def build_parser() -> Parser:
         help="host-side runtime limit (seconds or 30s/10m/2h/1d); the supervisor kills the "
         "command's process group when exceeded, even if nobody is polling",
     )
+    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser(
         "status",
@@ -152,9 +153,10 @@ def build_parser() -> Parser:
 
 def main(argv: list[str]) -> int:
     own, command = split_command(argv)
-    if own[:1] == ["start"] and "--" not in argv and not {"-h", "--help"} & set(own):
-        raise UsageError("orchesjob start: put the command after --, e.g. orchesjob start --run-key K -- CMD ARGS")
     args = build_parser().parse_args(own)
+    if args.cmd == "start" and args.command:
+        # The spec allows omitting `--`: the first non-option word starts the command.
+        command = args.command + command
     if args.cmd != "start" and command:
         raise UsageError(f"orchesjob {args.cmd}: unexpected arguments after --: {' '.join(command)}")
 
@@ -164,7 +166,7 @@ def main(argv: list[str]) -> int:
     cmd = args.cmd
     if cmd == "start":
         if not command:
-            raise UsageError("orchesjob start: no command after --")
+            raise UsageError("orchesjob start: no command given; put it after --, e.g. start --run-key K -- CMD ARGS")
         policy = args.reuse_policy or ("never" if args.strict else "always")
         if args.strict and policy != "never":
             raise UsageError("--strict conflicts with --reuse-policy " + policy)
