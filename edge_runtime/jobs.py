@@ -109,16 +109,20 @@ def job_json(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def _start_reply(job: dict[str, Any], *, accepted: bool, sync: bool) -> dict[str, Any]:
-    """The job JSON led by the spec's start fields (accepted, existing, mode, ...)."""
+def _start_reply(job: dict[str, Any], *, accepted: bool, sync: bool, strict: bool) -> dict[str, Any]:
+    """The job JSON led by the spec's start fields (accepted, existing, mode, ...).
+
+    ``strict`` reflects the call, as in the public release: a strict start that
+    returns an older non-strict attempt still says ``strict: true``.
+    """
     out: dict[str, Any] = {
         "accepted": accepted,
         "existing": not accepted,
         "mode": "sync" if sync else "async",
-        "strict": job.get("strict", False),
+        "strict": strict,
         "strict_override_used": job.get("strict_override_used", False),
     }
-    out.update(job)
+    out.update((k, v) for k, v in job.items() if k != "strict")
     return out
 
 
@@ -267,10 +271,15 @@ class Jobs:
             existing, override = self._claim_decision(db, run_key, reuse_policy)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
-                return _start_reply(job, accepted=False, sync=sync)
+                return _start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+            previous = db.execute(
+                "SELECT job_id FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
+            ).fetchone()
             job_id = self._insert_job(
                 db,
                 run_key=run_key,
+                rerun_of=previous["job_id"] if previous else None,
+                rerun_reason=override or None,
                 command=command,
                 cwd=cwd,
                 env=env,
@@ -380,7 +389,8 @@ class Jobs:
         notify.close()
         if sync:
             self.wait(job_id)
-        return _start_reply(job_json(self._judge(self._by_id(job_id))), accepted=True, sync=sync)
+        job = job_json(self._judge(self._by_id(job_id)))
+        return _start_reply(job, accepted=True, sync=sync, strict=job["strict"])
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job is terminal (or ``timeout``); returns its JSON.
@@ -407,7 +417,23 @@ class Jobs:
     # ----------------------------------------------------------------- status
     def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
         row = self._find(run_key, job_id)
-        return job_json(row)
+        out = job_json(row)
+        out["strict_override"] = self._override(row["run_key"])
+        return out
+
+    def _override(self, run_key: str) -> dict[str, Any] | None:
+        """The pending, unexpired ``unlock`` of a run key, if any."""
+        rk = self.store.one(
+            "SELECT unlock_reason, unlock_at, unlock_expires_at FROM run_keys WHERE run_key = ?", (run_key,)
+        )
+        if rk is None or rk["unlock_at"] is None:
+            return None
+        if rk["unlock_expires_at"] is not None and rk["unlock_expires_at"] <= now():
+            return None
+        out: dict[str, Any] = {"reason": rk["unlock_reason"]}
+        with_iso(out, "allowed_at", rk["unlock_at"])
+        with_iso(out, "expires_at", rk["unlock_expires_at"])
+        return out
 
     def status_many(self, run_keys: Iterable[str] = (), job_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
         """One entry per selector, in order; a missing one is reported, not fatal."""
@@ -424,7 +450,8 @@ class Jobs:
         rows = self.store.all("SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC", (run_key,))
         if not rows and self.store.one("SELECT 1 FROM run_keys WHERE run_key = ?", (run_key,)) is None:
             raise NotFound(f"run key not found: {run_key}", run_key=run_key)
-        return [job_json(self._judge(r)) for r in rows]
+        override = self._override(run_key)
+        return [dict(job_json(self._judge(r)), strict_override=override) for r in rows]
 
     def running(self) -> list[dict[str, Any]]:
         rows = self.store.all("SELECT * FROM jobs WHERE status IN ('STARTING','RUNNING') ORDER BY started_at")
@@ -445,7 +472,10 @@ class Jobs:
 
     def log_path(self, stream: str, run_key: str | None = None, job_id: str | None = None) -> str:
         row = self._find(run_key, job_id)
-        return row["stdout_file"] if stream == "stdout" else row["stderr_file"]
+        path = row["stdout_file"] if stream == "stdout" else row["stderr_file"]
+        if not os.path.exists(path):
+            raise NotFound(f"log file not found: {path}", job_id=row["job_id"], path=path)
+        return path
 
     # ------------------------------------------------------------ abort/cancel
     def stop(
@@ -560,7 +590,9 @@ class Jobs:
                 rerun_of=source["job_id"],
                 rerun_reason=reason,
             )
-        return self._launch(new_id, sync=sync, start_timeout=start_timeout)
+        out = self._launch(new_id, sync=sync, start_timeout=start_timeout)
+        out["rerun"] = True
+        return out
 
     # ------------------------------------------------------------------ clean
     def clean(

@@ -89,13 +89,6 @@ def spawn(db_path: str, job_id: str) -> Notify:
     return Notify(r)
 
 
-def _exit_code(wait_status: int) -> int:
-    # Shell convention: 128+N for a command killed by signal N.
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    return os.waitstatus_to_exitcode(wait_status)
-
-
 class _Timeout(Exception):
     pass
 
@@ -205,7 +198,8 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
             _, status = os.waitpid(pid, 0)
     signal.setitimer(signal.ITIMER_REAL, 0)
 
-    code = _exit_code(status)
+    # -N for a command killed by signal N, as the public release records it.
+    code = os.waitstatus_to_exitcode(status)
     t = time.time()
     if launch_error:
         outcome, error, code = "FAILED", f"failed to launch: {launch_error}", 127

@@ -8,7 +8,7 @@ import sys
 from .. import __version__
 from ..errors import UsageError
 from ..timefmt import parse_datetime, parse_duration, parse_seconds
-from .common import Parser, emit, parse_env_pairs, run_cli, split_command
+from .common import Parser, emit, parse_env_pairs, run_cli
 
 DESCRIPTION = """\
 Idempotent one-shot job runner. Every command prints JSON on stdout; errors are
@@ -152,19 +152,15 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str]) -> int:
-    own, command = split_command(argv)
-    args = build_parser().parse_args(own)
-    if args.cmd == "start" and args.command:
-        # The spec allows omitting `--`: the first non-option word starts the command.
-        command = args.command + command
-    if args.cmd != "start" and command:
-        raise UsageError(f"orchesjob {args.cmd}: unexpected arguments after --: {' '.join(command)}")
+    args = build_parser().parse_args(argv)
 
     from ..jobs import open_jobs
 
     jobs = open_jobs()
     cmd = args.cmd
     if cmd == "start":
+        # `--` is optional (spec): the first word that is not an option starts the command.
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             raise UsageError("orchesjob start: no command given; put it after --, e.g. start --run-key K -- CMD ARGS")
         policy = args.reuse_policy or ("never" if args.strict else "always")
