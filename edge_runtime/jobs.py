@@ -382,8 +382,11 @@ class Jobs:
         from .supervisor import spawn
 
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
+        process.kill_point("start:claimed")
         notify = spawn(self.db_path, job_id)
+        process.kill_point("start:spawned")
         notify.wait_for(b"W", timeout=max(start_timeout, 30.0))
+        process.kill_point("start:worker-recorded")
         if not sync:
             notify.wait_for(b"T", timeout=start_timeout)
         notify.close()

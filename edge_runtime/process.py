@@ -172,3 +172,13 @@ def wait_exit(pid: int, start: int, boot: str, timeout: float | None) -> bool:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def kill_point(name: str) -> None:
+    """Crash-test hook: SIGKILL this process at the named point when asked to.
+
+    Tests set ``ORCHESJOB_TEST_KILL_AT`` to a point name to prove that a crash
+    at exactly that instant never duplicates or strands a job.
+    """
+    if os.environ.get("ORCHESJOB_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -148,6 +148,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         tell(b"F")
         return
     tell(b"W")
+    process.kill_point("supervisor:recorded-self")
 
     env = dict(os.environ)
     if row["env"]:
@@ -155,12 +156,14 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     argv = json.loads(row["command"])
     pid, gate_w, err_r = _launch_child(argv, env, row["cwd"], row["stdout_file"], row["stderr_file"])
     child_start = process.start_time(pid)
+    process.kill_point("supervisor:forked")
     with store.write():
         running = db.execute(
             "UPDATE jobs SET target_pid=?, target_start=?, status='RUNNING', updated_at=? "
             "WHERE job_id=? AND status='STARTING'",
             (pid, child_start, time.time(), job_id),
         ).rowcount
+    process.kill_point("supervisor:recorded-target")
     if running:
         os.write(gate_w, b"g")
     os.close(gate_w)
@@ -168,6 +171,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     os.close(err_r)
     if running and not launch_error:
         tell(b"T")
+    process.kill_point("supervisor:running")
 
     timed_out = False
     timeout = row["timeout"]
@@ -200,6 +204,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
 
     # -N for a command killed by signal N, as the public release records it.
     code = os.waitstatus_to_exitcode(status)
+    process.kill_point("supervisor:exited")
     t = time.time()
     if launch_error:
         outcome, error, code = "FAILED", f"failed to launch: {launch_error}", 127
