@@ -72,3 +72,83 @@ JOBS_MIGRATIONS = (
     CREATE INDEX jobs_finished_at ON jobs (finished_at)
     """,
 )
+
+# ---------------------------------------------------------------- orchesjob-flow
+# Invariants of the flow runner, in the schema:
+#
+# * ``flow_runs.definition`` is the validated snapshot the run executes; it is
+#   written once at creation (replaced only on explicit request).
+# * ``flow_advancers.run_key`` is the primary key: at most one advancer lease
+#   per flow run. The lease records the holder's process identity (boot id, pid,
+#   start time); it is taken over only when that identity is provably dead.
+# * ``flow_attempts.job_run_key`` is UNIQUE and ``(run_key, step_id,
+#   attempt_no)`` is the primary key: an attempt number, and the orchesjob run
+#   key derived from it, is never handed out twice — the intent to start an
+#   attempt is committed before the job is started, so a resumed advancer
+#   finds it instead of starting a second copy.
+FLOW_RUN_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+FLOW_TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+STEP_STATUSES = ("PENDING", "DELAYED", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+STEP_TERMINAL = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED")
+
+FLOW_MIGRATIONS = (
+    """
+    CREATE TABLE flow_runs (
+        run_key          TEXT PRIMARY KEY,
+        flow_id          TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN ('PENDING','RUNNING','SUCCEEDED','FAILED','CANCELLED')),
+        definition       TEXT NOT NULL,
+        definition_sha   TEXT NOT NULL,
+        source_name      TEXT,
+        workdir          TEXT NOT NULL,
+        error            TEXT,
+        repair_count     INTEGER NOT NULL DEFAULT 0,
+        created_at       REAL NOT NULL,
+        finished_at      REAL,
+        cancelled_at     REAL,
+        updated_at       REAL NOT NULL,
+        CHECK ((status IN ('SUCCEEDED','FAILED','CANCELLED')) = (finished_at IS NOT NULL))
+    );
+    CREATE TABLE flow_steps (
+        run_key          TEXT NOT NULL REFERENCES flow_runs (run_key) ON DELETE CASCADE,
+        step_id          TEXT NOT NULL,
+        position         INTEGER NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN
+                           ('PENDING','DELAYED','RUNNING','SUCCEEDED','FAILED','SKIPPED','CANCELLED')),
+        attempt_no       INTEGER NOT NULL DEFAULT 0 CHECK (attempt_no >= 0),
+        attempt_base     INTEGER NOT NULL DEFAULT 0 CHECK (attempt_base >= 0 AND attempt_base <= attempt_no),
+        max_retries      INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  REAL,
+        started_at       REAL,
+        finished_at      REAL,
+        error            TEXT,
+        orchesjob_status TEXT,
+        updated_at       REAL NOT NULL,
+        PRIMARY KEY (run_key, step_id),
+        UNIQUE (run_key, position),
+        CHECK (status <> 'RUNNING' OR attempt_no > 0)
+    );
+    CREATE TABLE flow_attempts (
+        run_key          TEXT NOT NULL,
+        step_id          TEXT NOT NULL,
+        attempt_no       INTEGER NOT NULL CHECK (attempt_no >= 1),
+        job_run_key      TEXT NOT NULL UNIQUE,
+        outcome          TEXT,
+        error            TEXT,
+        started_at       REAL NOT NULL,
+        finished_at      REAL,
+        PRIMARY KEY (run_key, step_id, attempt_no),
+        FOREIGN KEY (run_key, step_id) REFERENCES flow_steps (run_key, step_id) ON DELETE CASCADE
+    );
+    CREATE TABLE flow_advancers (
+        run_key          TEXT PRIMARY KEY REFERENCES flow_runs (run_key) ON DELETE CASCADE,
+        boot_id          TEXT NOT NULL,
+        pid              INTEGER NOT NULL,
+        pid_start        INTEGER NOT NULL,
+        role             TEXT NOT NULL,
+        acquired_at      REAL NOT NULL,
+        taken_over_from  INTEGER
+    );
+    CREATE INDEX flow_runs_status ON flow_runs (status)
+    """,
+)

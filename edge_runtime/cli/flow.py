@@ -1,0 +1,363 @@
+"""``orchesjob-flow``: a daemonless local DAG runner (thin CLI over edge_runtime.flow_*)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+from .. import __version__
+from ..errors import UsageError
+from .common import Parser, emit, run_cli
+
+DESCRIPTION = """\
+Daemonless local flow runner: runs a small dependency graph of commands, each
+step through orchesjob, with the flow state in SQLite.
+
+State: --db, else $ORCHESJOB_FLOW_HOME/orchesjob-flow.sqlite3, else
+$ORCHESJOB_HOME/orchesjob-flow.sqlite3, else ~/.local/share/orchesjob-flow/.
+Exit codes: 0 success (start/watch: flow SUCCEEDED), 1 flow FAILED or CANCELLED,
+2 invalid flow / arguments / state (JSON error on stderr), 130 interrupted.
+"""
+
+EXAMPLE_FLOW = """\
+# orchesjob-flow example: a sequential import with a failure notification.
+# Run it with:  orchesjob-flow start --run-key demo-001 flow.yaml
+flow_id: daily-import
+steps:
+  - id: download
+    command: ["sh", "-c", "echo downloading; sleep 1"]
+
+  - id: validate
+    depends_on: ["download"]
+    when: download
+    retries: 1
+    retry_delay_sec: 10
+    command: ["sh", "-c", "echo validating"]
+
+  - id: import
+    depends_on: ["validate"]
+    when: validate
+    timeout_sec: 3600
+    command: ["sh", "-c", "echo importing"]
+
+  - id: notify_failed
+    depends_on: ["download", "validate", "import"]
+    when: !download || !validate || !import
+    command: ["sh", "-c", "echo 'daily-import failed' >&2"]
+"""
+
+START_EPILOG = """\
+A run is bound to the definition it was started with (a snapshot in the DB).
+`start` with an existing --run-key resumes that snapshot; if FLOW_FILE differs
+it is refused unless --replace-definition is given. FLOW_FILE may be - (stdin).
+"""
+
+
+def _positive_float(option: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{option}: expected a number, got {text!r}") from None
+        if not value > 0 or value != value:
+            raise UsageError(f"{option}: must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _nonneg_float(option: str):
+    def parse(text: str) -> float:
+        from ..timefmt import parse_seconds
+
+        return parse_seconds(text, option)
+
+    return parse
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="orchesjob-flow", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"orchesjob-flow {__version__}")
+    parser.add_argument("--db", metavar="PATH", help="SQLite database for flow state")
+    parser.add_argument(
+        "--orchesjob-bin",
+        metavar="PATH",
+        default=os.environ.get("ORCHESJOB_BIN"),
+        help="orchesjob executable; default $ORCHESJOB_BIN, else the built-in job layer (in-process)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=_positive_float("--poll-interval"),
+        default=5.0,
+        help="longest sleep of the flow loop (default 5.0); step completion wakes it at once",
+    )
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser("start", help="start or resume a flow run", epilog=START_EPILOG)
+    p.add_argument("--run-key", metavar="KEY", required=True, help="flow run key (required)")
+    p.add_argument("-d", "--detach", action="store_true", help="advance in a background process and return")
+    p.add_argument(
+        "--replace-definition",
+        action="store_true",
+        help="switch an existing, unfinished run to FLOW_FILE (steps keep their state by id)",
+    )
+    p.add_argument("flow_file", metavar="FLOW_FILE", help="YAML or JSON flow definition, or - for stdin")
+
+    p = sub.add_parser("status", help="print the flow run state")
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    p.add_argument("--format", choices=("json", "table"), default="json")
+
+    p = sub.add_parser("watch", help="redisplay the state until the run finishes")
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    p.add_argument("--interval", type=_positive_float("--interval"), default=2.0, metavar="SECONDS")
+    p.add_argument("--mode", choices=("screen", "append"), default="screen")
+    p.add_argument("--no-clear", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--advance",
+        action="store_true",
+        help="also advance the run (takes the advancer lease when no live advancer holds it)",
+    )
+
+    p = sub.add_parser("cancel", help="cancel a run and abort its running steps")
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    p.add_argument("--grace-seconds", type=_nonneg_float("--grace-seconds"), default=None, metavar="SECONDS")
+
+    p = sub.add_parser(
+        "repair",
+        help="re-run a FAILED/CANCELLED run's failed, cancelled and skipped steps (keeps succeeded ones)",
+    )
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    p.add_argument("-d", "--detach", action="store_true", help="advance in a background process and return")
+    p.add_argument("--downstream", action="store_true", help="also re-run succeeded steps that depend on a re-run step")
+    p.add_argument("--replace-definition", action="store_true", help="repair with FLOW_FILE instead of the snapshot")
+    p.add_argument("flow_file", metavar="FLOW_FILE", nargs="?", help="new definition (with --replace-definition)")
+
+    p = sub.add_parser("graph", help="print the flow as Mermaid or Graphviz DOT, coloured by step status")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run-key", metavar="KEY", help="a flow run (coloured by its current state)")
+    g.add_argument("--file", metavar="FLOW_FILE", help="a flow file (no run state), or - for stdin")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+
+    sub.add_parser("example", help="print an example flow (YAML)")
+
+    # Hidden: one engine pass (tests, recovery), and the detached child's loop.
+    p = sub.add_parser("tick")
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    p = sub.add_parser("advance")
+    p.add_argument("--run-key", metavar="KEY", required=True)
+    _hide(sub, ("tick", "advance"))
+    return parser
+
+
+def _hide(sub: Any, names: tuple[str, ...]) -> None:
+    """Drop hidden subcommands from the help listing (argparse has no built-in way)."""
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest not in names]
+    sub.metavar = "{" + ",".join(a.dest for a in sub._choices_actions) + "}"
+
+
+def db_path(args: argparse.Namespace) -> str:
+    from ..home import flow_db_path
+
+    return os.path.abspath(args.db) if args.db else flow_db_path()
+
+
+def safe_key(run_key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key).strip("_") or "flow"
+
+
+def _exit_for(status: str) -> int:
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "example":
+        sys.stdout.write(EXAMPLE_FLOW)
+        return 0
+    if args.cmd == "graph" and args.file:
+        from ..flow_definition import load
+        from ..flow_display import dot, mermaid
+
+        defn, _ = load(args.file)
+        sys.stdout.write((mermaid if args.format == "mermaid" else dot)(defn))
+        return 0
+
+    from ..flow_engine import FlowStore
+    from ..jobclient import make_client
+
+    flows = FlowStore(db_path(args))
+    client = make_client(args.orchesjob_bin)
+    try:
+        return _dispatch(args, flows, client)
+    finally:
+        client.close()
+        flows.close()
+
+
+def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
+    from ..flow_engine import run_flow
+
+    cmd = args.cmd
+    if cmd == "start":
+        from ..flow_definition import load
+
+        defn, _ = load(args.flow_file)
+        source = "<stdin>" if args.flow_file == "-" else os.path.abspath(args.flow_file)
+        state = flows.create_or_resume(defn, args.run_key, source, replace=args.replace_definition)
+        return _run_or_detach(args, flows, client, state)
+    if cmd == "repair":
+        defn = source = None
+        if args.flow_file:
+            from ..flow_definition import load
+
+            defn, _ = load(args.flow_file)
+            source = "<stdin>" if args.flow_file == "-" else os.path.abspath(args.flow_file)
+        elif args.replace_definition:
+            raise UsageError("--replace-definition needs FLOW_FILE")
+        reset = flows.repair(
+            args.run_key, downstream=args.downstream, defn=defn, source_name=source, replace=args.replace_definition
+        )
+        return _run_or_detach(args, flows, client, "repaired", extra={"repaired_steps": reset})
+    if cmd == "status":
+        payload = flows.payload(args.run_key)
+        if args.format == "table":
+            from ..flow_display import render_table
+
+            sys.stdout.write(render_table(payload))
+            sys.stdout.flush()
+        else:
+            emit(payload)
+        return 0
+    if cmd == "watch":
+        return _watch(args, flows, client)
+    if cmd == "cancel":
+        emit(flows.cancel(args.run_key, client, args.grace_seconds))
+        return 0
+    if cmd == "graph":
+        from ..flow_display import dot, mermaid
+
+        payload = flows.payload(args.run_key)
+        defn = flows.definition(flows.run_row(args.run_key))
+        sys.stdout.write((mermaid if args.format == "mermaid" else dot)(defn, payload))
+        return 0
+    if cmd == "tick":
+        from ..flow_engine import FLOW_TERMINAL, Advancer
+
+        flows.run_row(args.run_key)
+        advanced = flows.acquire(args.run_key, "tick")
+        if advanced:
+            try:
+                Advancer(flows, args.run_key, client, args.poll_interval).advance_once()
+            finally:
+                flows.release(args.run_key)
+        payload = flows.payload(args.run_key)
+        payload["advanced"] = advanced
+        emit(payload)
+        return 1 if payload["status"] in FLOW_TERMINAL and payload["status"] != "SUCCEEDED" else 0
+    if cmd == "advance":
+        status = run_flow(flows, args.run_key, client, args.poll_interval, role="detached")
+        emit(flows.payload(args.run_key))
+        return _exit_for(status)
+    raise UsageError(f"unknown command {cmd}")
+
+
+def _run_or_detach(
+    args: argparse.Namespace, flows: Any, client: Any, state: str, extra: dict[str, Any] | None = None
+) -> int:
+    from ..flow_engine import FLOW_TERMINAL, run_flow
+
+    run = flows.run_row(args.run_key)
+    if run["status"] in FLOW_TERMINAL:
+        # Resuming a finished run changes nothing; report it (use `repair` to re-run).
+        payload = flows.payload(args.run_key)
+        payload["resumed"] = state
+        emit(payload)
+        return _exit_for(run["status"])
+    if not args.detach:
+        status = run_flow(flows, args.run_key, client, args.poll_interval, role="start")
+        payload = flows.payload(args.run_key)
+        payload.update(extra or {})
+        emit(payload)
+        return _exit_for(status)
+    flows.mark_running(args.run_key)
+    holder = flows.holder(args.run_key)
+    logs_dir = os.path.join(os.path.dirname(flows.path), "logs")
+    stdout_log = os.path.join(logs_dir, f"orchesjob-flow-{safe_key(args.run_key)}.stdout.log")
+    stderr_log = os.path.join(logs_dir, f"orchesjob-flow-{safe_key(args.run_key)}.stderr.log")
+    if holder is not None:
+        pid = holder[0]  # a live advancer already drives this run: do not start another
+    else:
+        pid = _spawn_child(args, flows.path, stdout_log, stderr_log)
+    payload = flows.payload(args.run_key)
+    payload.update(extra or {})
+    payload.update(
+        {
+            "detached": True,
+            "pid": pid,
+            "stdout_log": stdout_log,
+            "stderr_log": stderr_log,
+            "already_advancing": holder is not None,
+        }
+    )
+    emit(payload)
+    return 0
+
+
+def _spawn_child(args: argparse.Namespace, db: str, stdout_log: str, stderr_log: str) -> int:
+    import subprocess
+
+    os.makedirs(os.path.dirname(stdout_log), mode=0o700, exist_ok=True)
+    argv = [sys.executable, "-m", "edge_runtime.cli.flow", "--db", db, "--poll-interval", repr(args.poll_interval)]
+    if args.orchesjob_bin:
+        argv += ["--orchesjob-bin", args.orchesjob_bin]
+    argv += ["advance", "--run-key", args.run_key]
+    with open(stdout_log, "ab") as out, open(stderr_log, "ab") as err:
+        # Own session: survives the caller's terminal/SSH channel closing.
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True
+        )
+    return child.pid
+
+
+def _watch(args: argparse.Namespace, flows: Any, client: Any) -> int:
+    import time
+
+    from ..flow_display import render_table
+    from ..flow_engine import FLOW_TERMINAL, Advancer
+
+    append = args.mode == "append" or args.no_clear
+    advancer = None
+    try:
+        while True:
+            if args.advance and advancer is None and flows.acquire(args.run_key, "watch"):
+                advancer = Advancer(flows, args.run_key, client, min(args.poll_interval, args.interval))
+            if advancer is not None:
+                advancer.advance_once()
+            payload = flows.payload(args.run_key)
+            text = render_table(payload)
+            sys.stdout.write(text + "\n" if append else "\x1b[2J\x1b[H" + text)
+            sys.stdout.flush()
+            if payload["status"] in FLOW_TERMINAL:
+                return _exit_for(payload["status"])
+            if advancer is not None:
+                # Wake on step completion, but redraw at least every --interval.
+                advancer.poll_interval = args.interval
+                advancer.wait_for_progress()
+            else:
+                time.sleep(args.interval)
+    finally:
+        if advancer is not None:
+            flows.release(args.run_key)
+
+
+def entry() -> None:
+    run_cli(main, exit_codes={"not_found": 2, "invalid_state": 2, "lock_error": 2, "invalid_flow": 2})
+
+
+if __name__ == "__main__":
+    entry()
