@@ -26,8 +26,6 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable
-from typing import Any
 
 from . import process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
@@ -35,6 +33,12 @@ from .home import jobs_db_path, jobs_home
 from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
 from .store import Store
 from .timefmt import now, with_iso
+
+# typing costs ~2 ms of start-up per poll; annotations are strings anyway.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 # Reuse policies: what a new ``start`` does when the run key already has a
 # finished attempt. An active attempt is always returned, never duplicated.

@@ -37,10 +37,25 @@ class Store:
         if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(migrations):
             self._migrate(migrations)
 
+    def _refuse_foreign(self) -> None:
+        # Tables but no version of ours: another program's file (e.g. the public
+        # orchesjob release uses the same file name). Never touch it.
+        if (
+            self.conn.execute("PRAGMA user_version").fetchone()[0] == 0
+            and self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        ):
+            raise OrchesError(
+                f"database {self.path} was not created by this edge runtime (unknown schema); "
+                "point ORCHESJOB_HOME (or --db) at a separate directory",
+                db=self.path,
+            )
+
     def _migrate(self, migrations: Sequence[str]) -> None:
+        self._refuse_foreign()
         # journal_mode is persistent in the file; set it once, outside a transaction.
         self.conn.execute("PRAGMA journal_mode=WAL")
         with self.write():
+            self._refuse_foreign()  # again under the lock: another process may have raced us
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(migrations[version:], start=version + 1):
                 for statement in script.split(";\n"):

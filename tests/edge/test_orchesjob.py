@@ -418,3 +418,17 @@ def test_default_home_falls_back_to_user_dir(runner, tmp_path):
     info = json.loads(runner.oj("info", env=env).out)
     expected = "/var/lib/orchesjob" if os.access("/var/lib", os.W_OK) else str(tmp_path / "user/.local/share/orchesjob")
     assert info["orchesjob_home"] == expected
+
+
+def test_foreign_database_is_refused_not_modified(runner):
+    os.makedirs(runner.home)
+    path = os.path.join(runner.home, "orchesjob.db")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE jobs (job_id TEXT PRIMARY KEY, run_key TEXT)")
+    db.commit()
+    db.close()
+    r = runner.oj("status", "--run-key", "x")
+    assert r.code == 1 and "not created by this edge runtime" in r.error["error"]
+    db = sqlite3.connect(path)
+    assert [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["jobs"]
+    db.close()
