@@ -73,6 +73,51 @@ JOBS_MIGRATIONS = (
     """,
 )
 
+# --------------------------------------------------------------------------
+# orchesjob-reserver (reserver.sqlite3)
+#
+# * ``UNIQUE run_key`` — one reservation per run key: concurrent ``reserve``
+#   calls with the same key insert at most one row (the others get it back).
+# * ``reservations_one_job`` — a job is linked to at most one reservation.
+# * The CHECKs tie status and columns together: only DISPATCHED has a job_id,
+#   DISPATCHING always records when it was claimed (recovery looks for jobs
+#   started at/after that instant instead of starting the command again).
+# * ``seq`` orders reservations by insertion, so the dispatcher can log "new
+#   since I started" without re-logging history.
+
+RESERVATION_STATUSES = ("RESERVED", "DISPATCHING", "DISPATCHED", "CANCELLED", "EXPIRED", "DISPATCH_FAILED")
+TERMINAL_RESERVATION_STATUSES = ("DISPATCHED", "CANCELLED", "EXPIRED", "DISPATCH_FAILED")
+
+RESERVER_MIGRATIONS = (
+    """
+    CREATE TABLE reservations (
+        seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        reservation_id      TEXT NOT NULL UNIQUE,
+        run_key             TEXT NOT NULL UNIQUE,
+        status              TEXT NOT NULL CHECK (status IN
+                              ('RESERVED','DISPATCHING','DISPATCHED','CANCELLED','EXPIRED','DISPATCH_FAILED')),
+        job_id              TEXT,
+        command             TEXT NOT NULL,
+        start_options       TEXT NOT NULL DEFAULT '[]',
+        metadata            TEXT,
+        not_before          REAL,
+        expires_at          REAL,
+        created_at          REAL NOT NULL,
+        updated_at          REAL NOT NULL,
+        dispatch_claimed_at REAL,
+        dispatched_at       REAL,
+        last_error          TEXT,
+        CHECK ((status = 'DISPATCHED') = (job_id IS NOT NULL)),
+        CHECK (status <> 'DISPATCHED' OR dispatched_at IS NOT NULL),
+        CHECK (status <> 'DISPATCHING' OR dispatch_claimed_at IS NOT NULL)
+    );
+    CREATE UNIQUE INDEX reservations_one_job ON reservations (job_id) WHERE job_id IS NOT NULL;
+    CREATE INDEX reservations_due ON reservations (not_before) WHERE status = 'RESERVED';
+    CREATE INDEX reservations_updated_at ON reservations (updated_at);
+    CREATE INDEX reservations_created_at ON reservations (created_at)
+    """,
+)
+
 # ---------------------------------------------------------------- orchesjob-flow
 # Invariants of the flow runner, in the schema:
 #

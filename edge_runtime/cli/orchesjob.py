@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
@@ -42,19 +43,12 @@ def _selector(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--job-id", metavar="ID", help="select one job by id")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="orchesjob", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"orchesjob {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
+def add_start_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``start`` besides --run-key and the command.
 
-    p = sub.add_parser(
-        "start",
-        help="start a job, or return the attempt the run key already has",
-        usage="orchesjob start --run-key KEY [options] -- COMMAND [ARGS...]",
-        epilog=START_EPILOG,
-    )
-    p.add_argument("--run-key", metavar="KEY", required=True, help="idempotency key (required)")
+    Shared with ``orchesjob-reserver``, which validates a reservation's
+    ``--orchesjob-start-option`` values with exactly these definitions.
+    """
     p.add_argument("--sync", action="store_true", help="block until the job finishes")
     p.add_argument("--strict", action="store_true", help="one execution per run key, ever (= --reuse-policy never)")
     p.add_argument(
@@ -73,6 +67,36 @@ def build_parser() -> Parser:
         help="host-side runtime limit (seconds or 30s/10m/2h/1d); the supervisor kills the "
         "command's process group when exceeded, even if nobody is polling",
     )
+
+
+def start_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``Jobs.start`` from parsed start options (not ``sync``)."""
+    policy = args.reuse_policy or ("never" if args.strict else "always")
+    if args.strict and policy != "never":
+        raise UsageError("--strict conflicts with --reuse-policy " + policy)
+    return {
+        "reuse_policy": policy,
+        "start_timeout": parse_seconds(args.start_timeout, "--start-timeout"),
+        "cwd": args.cwd,
+        "env": parse_env_pairs(args.env),
+        "timeout": parse_duration(args.timeout, "--timeout") if args.timeout else None,
+    }
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="orchesjob", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"orchesjob {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "start",
+        help="start a job, or return the attempt the run key already has",
+        usage="orchesjob start --run-key KEY [options] -- COMMAND [ARGS...]",
+        epilog=START_EPILOG,
+    )
+    p.add_argument("--run-key", metavar="KEY", required=True, help="idempotency key (required)")
+    add_start_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser(
@@ -163,21 +187,7 @@ def main(argv: list[str]) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             raise UsageError("orchesjob start: no command given; put it after --, e.g. start --run-key K -- CMD ARGS")
-        policy = args.reuse_policy or ("never" if args.strict else "always")
-        if args.strict and policy != "never":
-            raise UsageError("--strict conflicts with --reuse-policy " + policy)
-        emit(
-            jobs.start(
-                command,
-                args.run_key,
-                sync=args.sync,
-                reuse_policy=policy,
-                start_timeout=parse_seconds(args.start_timeout, "--start-timeout"),
-                cwd=args.cwd,
-                env=parse_env_pairs(args.env),
-                timeout=parse_duration(args.timeout, "--timeout") if args.timeout else None,
-            )
-        )
+        emit(jobs.start(command, args.run_key, sync=args.sync, **start_kwargs(args)))
     elif cmd == "status":
         return _status(jobs, args)
     elif cmd == "result":

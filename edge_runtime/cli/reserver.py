@@ -1,0 +1,317 @@
+"""``orchesjob-reserver``: reserve a job now, dispatch it on this host later.
+
+Thin CLI over ``edge_runtime.reservations`` (state), ``edge_runtime.dispatcher``
+(the ``run`` loop) and ``edge_runtime.reserver_client`` (how jobs are started).
+Imports beyond argparse/json happen inside ``main`` so that a remote poll
+(one process per call) starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .. import __version__
+from ..errors import OrchesError, UsageError
+from .common import Parser, emit, run_cli, split_command
+
+STATUSES = ("RESERVED", "DISPATCHING", "DISPATCHED", "CANCELLED", "EXPIRED", "DISPATCH_FAILED")
+
+# The reserver's exit-code table (spec): 4 not found, 5 not dispatched,
+# 6 cannot cancel. A second dispatcher on the same database also exits 5.
+EXIT_CODES = {
+    "invalid_arguments": 2,
+    "not_found": 4,
+    "not_dispatched": 5,
+    "lock_error": 5,
+    "cannot_cancel": 6,
+    "invalid_state": 1,
+}
+
+DESCRIPTION = """\
+Reserve a job now (from Airflow, cron, CI, SSH ...) and let this host dispatch
+it to orchesjob at or after --not-before, even when nobody is connected then.
+
+Every command prints JSON on stdout; errors are one JSON object on stderr.
+`result` and `cancel` of a dispatched reservation print what orchesjob prints.
+Exit codes: 0 success, 1 general error, 2 invalid arguments, 4 reservation not
+found, 5 not dispatched yet (no job_id) / another dispatcher holds the
+database, 6 cannot cancel in the current state. `result` passes on the exit
+code of `orchesjob result` (0 succeeded, 1 failed, 3 job gone, 4 not finished).
+
+Database: --db, else $ORCHESJOB_RESERVER_HOME/reserver.sqlite3, else
+$ORCHESJOB_HOME/reserver.sqlite3, else /var/lib/orchesjob (or
+~/.local/share/orchesjob when /var/lib/orchesjob is not writable).
+Jobs are started in-process through this package's orchesjob library; if
+--orchesjob-bin / $ORCHESJOB_BIN names another orchesjob executable, it is run
+as `BIN start --run-key KEY <options> -- COMMAND` instead.
+"""
+
+RESERVE_EPILOG = """\
+DATETIME is epoch seconds (fractions allowed) or ISO 8601; no offset = local time.
+Pass start options with `=`, e.g. --orchesjob-start-option=--strict
+--orchesjob-start-option=--timeout=2h. They are checked now against orchesjob
+start (unknown ones and --sync are refused, exit 2) unless a foreign
+--orchesjob-bin is given, which then judges them at dispatch.
+examples:
+  orchesjob-reserver reserve --run-key nightly-backup-2026-05-04 \\
+      --not-before 2026-05-04T02:00:00+09:00 -- /usr/local/bin/backup.sh
+  orchesjob-reserver reserve --run-key import-2026-05-04 --expires-at 2026-05-04T06:00:00+09:00 \\
+      --metadata-json '{"dag_id": "daily_import"}' --orchesjob-start-option=--strict -- ./import.sh
+"""
+
+RUN_EPILOG = """\
+Runs in the foreground (for systemd, supervisor, a container) and prints JSON
+Lines events. Only one dispatcher per database: a second one exits 5 at once.
+SIGTERM/SIGINT finish the dispatch in flight, log reserver_stopped, exit 0.
+--once dispatches everything due and exits (for a cron job / systemd timer).
+"""
+
+
+def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # On subcommands the defaults are suppressed so that values given before
+    # the subcommand survive (argparse copies sub-namespace values over them).
+    default: Any = None if top else argparse.SUPPRESS
+    p.add_argument("--db", metavar="PATH", default=default, help="reservation database (SQLite) path")
+    p.add_argument(
+        "--orchesjob-bin",
+        metavar="PATH",
+        default=default,
+        help="orchesjob executable (default: $ORCHESJOB_BIN, else this package's orchesjob in-process)",
+    )
+    p.add_argument(
+        "--orchesjob-start-option",
+        metavar="OPTION",
+        action="append",
+        default=[] if top else argparse.SUPPRESS,
+        help="option passed to orchesjob start before -- (repeatable; use --orchesjob-start-option=--strict)",
+    )
+
+
+def _selector(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run-key", metavar="KEY", help="look up by run key")
+    g.add_argument("--reservation-id", metavar="ID", help="look up by reservation id")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="orchesjob-reserver", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"orchesjob-reserver {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "reserve",
+        help="store a reservation (idempotent per run key)",
+        usage="orchesjob-reserver reserve --run-key KEY [options] [--] COMMAND [ARGS...]",
+        epilog=RESERVE_EPILOG,
+    )
+    _common(p)
+    p.add_argument("--run-key", metavar="KEY", required=True, help="idempotency key (required)")
+    p.add_argument("--not-before", metavar="DATETIME", help="do not dispatch before this time")
+    p.add_argument("--expires-at", metavar="DATETIME", help="expire if not dispatched by this time")
+    p.add_argument("--metadata-json", metavar="JSON", help="JSON object stored with the reservation")
+    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("run", help="run the foreground dispatcher", epilog=RUN_EPILOG)
+    _common(p)
+    p.add_argument("--poll-interval", metavar="SECONDS", default="2.0", help="safety-net poll interval (default: 2.0)")
+    p.add_argument(
+        "--error-sleep", metavar="SECONDS", default="5.0", help="pause after an unexpected error (default: 5.0)"
+    )
+    p.add_argument("--once", action="store_true", help="dispatch everything due, then exit")
+
+    p = sub.add_parser("status", help="reservation status (--include-job adds the job's status)")
+    _common(p)
+    _selector(p)
+    p.add_argument("--include-job", action="store_true", help="also include orchesjob status of the job")
+
+    p = sub.add_parser("result", help="orchesjob result of the reservation's job")
+    _common(p)
+    _selector(p)
+
+    p = sub.add_parser(
+        "cancel", help="cancel a pending reservation, or cancel the job of a dispatched one through orchesjob"
+    )
+    _common(p)
+    _selector(p)
+
+    p = sub.add_parser("list", help="list reservations, newest first")
+    _common(p)
+    p.add_argument("--status", choices=STATUSES, help="only this reservation status")
+    p.add_argument("--limit", metavar="N", type=int, default=50, help="maximum number of records (default: 50)")
+
+    p = sub.add_parser(
+        "clean",
+        help="delete terminal reservations",
+        usage="orchesjob-reserver clean (--before DATETIME | --after DATETIME | --all | --job-id ID | "
+        "--reservation-id ID) [--run-key KEY] [--dry-run]",
+        description="Delete terminal reservations (DISPATCHED, CANCELLED, EXPIRED, DISPATCH_FAILED) by "
+        "updated_at; RESERVED and DISPATCHING are never deleted. Jobs are not touched (use orchesjob clean).",
+    )
+    _common(p)
+    p.add_argument("--before", metavar="DATETIME", help="updated before this time")
+    p.add_argument("--after", metavar="DATETIME", help="updated at or after this time")
+    p.add_argument("--all", action="store_true", help="all terminal reservations (optionally of --run-key)")
+    p.add_argument("--job-id", metavar="ID", help="the reservation linked to this job")
+    p.add_argument("--reservation-id", metavar="ID", help="one reservation")
+    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    return parser
+
+
+def _positive(text: str, option: str) -> float:
+    from ..timefmt import parse_seconds
+
+    return parse_seconds(text, option, allow_zero=False)
+
+
+def main(argv: list[str]) -> int:
+    own, command = split_command(argv)
+    args = build_parser().parse_args(own)
+    if args.cmd == "reserve" and args.command:
+        command = args.command + command  # `--` is optional, as for orchesjob start
+    elif args.cmd != "reserve" and command:
+        raise UsageError(f"orchesjob-reserver {args.cmd}: unexpected arguments after --: {' '.join(command)}")
+
+    from ..reservations import Reservations
+    from ..reserver_client import default_bin, open_job_client
+
+    bin_ = args.orchesjob_bin or default_bin()
+    options = list(args.orchesjob_start_option or [])
+    res = Reservations(args.db)
+    cmd = args.cmd
+
+    if cmd == "reserve":
+        from ..reservations import parse_metadata
+        from ..timefmt import parse_datetime
+
+        if not command:
+            raise UsageError("reserve requires a command after --, e.g. reserve --run-key K -- CMD ARGS")
+        not_before = parse_datetime(args.not_before, "--not-before") if args.not_before else None
+        expires_at = parse_datetime(args.expires_at, "--expires-at") if args.expires_at else None
+        metadata = parse_metadata(args.metadata_json)
+        # Refuse options that orchesjob start would refuse now, not at dispatch.
+        open_job_client(bin_).check_options(options)
+        emit(
+            res.reserve(
+                args.run_key,
+                command,
+                not_before=not_before,
+                expires_at=expires_at,
+                metadata=metadata,
+                start_options=options,
+            )
+        )
+        return 0
+
+    if cmd == "run":
+        from ..dispatcher import Dispatcher
+
+        poll = _positive(args.poll_interval, "--poll-interval")
+        error_sleep = _positive(args.error_sleep, "--error-sleep")
+        client = open_job_client(bin_)
+        client.check_options(options)
+        return Dispatcher(res, client, poll_interval=poll, error_sleep=error_sleep, start_options=options).run(
+            once=args.once
+        )
+
+    if cmd == "list":
+        emit({"reservations": res.list(args.status, args.limit)})
+        return 0
+
+    if cmd == "clean":
+        from ..timefmt import parse_datetime
+
+        emit(
+            res.clean(
+                before=parse_datetime(args.before, "--before") if args.before else None,
+                after=parse_datetime(args.after, "--after") if args.after else None,
+                all_=args.all,
+                job_id=args.job_id,
+                reservation_id=args.reservation_id,
+                run_key=args.run_key,
+                dry_run=args.dry_run,
+            )
+        )
+        return 0
+
+    row = res.get(args.run_key, args.reservation_id)
+    if cmd == "status":
+        from ..reservations import reservation_json
+
+        out: dict[str, Any] = {"reservation": reservation_json(row)}
+        if args.include_job:
+            out["job"] = _job_status(open_job_client(bin_), row) if row["job_id"] else None
+        emit(out)
+        return 0
+    if cmd == "result":
+        if row["job_id"] is None:
+            from ..reservations import NotDispatched
+
+            raise NotDispatched(
+                f"reservation has not been dispatched yet (status {row['status']}); job_id is not available",
+                reservation_id=row["reservation_id"],
+                run_key=row["run_key"],
+                reservation_status=row["status"],
+            )
+        return _proxy(open_job_client(bin_).proxy("result", row["job_id"]))
+    if cmd == "cancel":
+        if row["job_id"] is None:
+            cancelled = res.cancel_pending(row)
+            if cancelled is not None:
+                emit(cancelled)
+                return 0
+            row = res.get(reservation_id=row["reservation_id"])  # dispatched meanwhile
+        return _cancel_job(open_job_client(bin_), row)
+    raise UsageError(f"unknown command {cmd}")
+
+
+def _job_status(client: Any, row: Any) -> Any:
+    try:
+        return client.status(row["job_id"])
+    except OrchesError as exc:
+        # A job-level "not found" must not read as "reservation not found" (4).
+        raise OrchesError(
+            f"orchesjob status failed for job {row['job_id']}: {exc.message}",
+            reservation_id=row["reservation_id"],
+            job_id=row["job_id"],
+        ) from None
+
+
+def _proxy(reply: tuple[int, bytes, bytes]) -> int:
+    code, out, err = reply
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    return code
+
+
+def _cancel_job(client: Any, row: Any) -> int:
+    code, out, err = client.proxy("cancel", row["job_id"])
+    if code == 4:
+        # orchesjob: the job is not active any more. In the reserver's table
+        # that is "cannot cancel in the current state" (6), not "not found" (4).
+        from ..reservations import CannotCancel
+
+        detail = err.decode(errors="replace").strip()
+        raise CannotCancel(
+            f"cannot cancel: job {row['job_id']} of reservation {row['reservation_id']} is not active",
+            reservation_id=row["reservation_id"],
+            run_key=row["run_key"],
+            reservation_status=row["status"],
+            job_id=row["job_id"],
+            orchesjob_error=detail,
+        )
+    return _proxy((code, out, err))
+
+
+def entry() -> None:
+    run_cli(main, EXIT_CODES)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,381 @@
+"""Reservations: store the intent to run a job now, dispatch it on the host later.
+
+Life of a reservation::
+
+    reserve ─▶ RESERVED ──claim (write txn)──▶ DISPATCHING ──job_id──▶ DISPATCHED
+                  │  │                              │
+                  │  └─ expires_at reached ─▶ EXPIRED└─ start failed, no job ─▶ DISPATCH_FAILED
+                  └─ cancel ─▶ CANCELLED   (cancel also works from EXPIRED / DISPATCH_FAILED)
+
+Every transition is one ``BEGIN IMMEDIATE`` transaction whose UPDATE names the
+status it leaves (``WHERE status = 'RESERVED'`` ...), so a cancel racing a
+claim, or two dispatchers, can never both win. The reservation's run key is
+the job's run key; that is what lets a restarted dispatcher find a job it
+started but never recorded (see ``edge_runtime.dispatcher``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import InvalidState, NotFound, OrchesError, UsageError
+from .home import reserver_db_path
+from .schema import RESERVATION_STATUSES, RESERVER_MIGRATIONS, TERMINAL_RESERVATION_STATUSES
+from .store import Store
+from .timefmt import now, with_iso
+
+DEFAULT_LIST_LIMIT = 50
+MAX_ERROR_LEN = 4000
+MAX_RUN_KEY_LEN = 1024
+PENDING_CANCELLABLE = ("RESERVED", "DISPATCH_FAILED", "EXPIRED")
+
+
+class NotDispatched(InvalidState):
+    """The reservation has no job yet (result/job of a not-dispatched reservation)."""
+
+    kind = "not_dispatched"
+
+
+class CannotCancel(InvalidState):
+    """Cancellation is not possible in the reservation's (or its job's) state."""
+
+    kind = "cannot_cancel"
+
+
+def _new_id() -> str:
+    # A random (version 4) UUID; os.urandom is cheaper to import than uuid.
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def wake_path(db_path: str) -> str:
+    """The FIFO through which ``reserve`` wakes a sleeping dispatcher early."""
+    return db_path + ".wake"
+
+
+def lock_path(db_path: str) -> str:
+    """The file a dispatcher holds an exclusive ``flock`` on (one per database)."""
+    return db_path + ".dispatcher.lock"
+
+
+def poke(db_path: str) -> None:
+    """Best effort: tell a dispatcher sleeping on ``db_path`` to look again.
+
+    Non-blocking open of the FIFO fails with ENXIO when no dispatcher has it
+    open, and a full FIFO just means a wake-up is already pending; either way
+    the dispatcher's periodic poll remains the safety net.
+    """
+    try:
+        fd = os.open(wake_path(db_path), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        import stat
+
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b"w")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _epoch_out(out: dict[str, Any], name: str, ts: float | None, keep_fraction: bool = False) -> None:
+    """``name`` + ``name_iso``; user-given instants keep their sub-second part."""
+    with_iso(out, name, ts)
+    if keep_fraction and ts is not None and ts != int(ts):
+        out[name] = round(ts, 6)
+
+
+def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
+    """The reservation object printed by every command (spec field order)."""
+    out: dict[str, Any] = {
+        "reservation_id": row["reservation_id"],
+        "run_key": row["run_key"],
+        "reservation_status": row["status"],
+        "job_id": row["job_id"],
+        "command": json.loads(row["command"]),
+        "orchesjob_start_options": json.loads(row["start_options"]),
+        "metadata": json.loads(row["metadata"]) if row["metadata"] is not None else None,
+    }
+    _epoch_out(out, "not_before", row["not_before"], keep_fraction=True)
+    _epoch_out(out, "expires_at", row["expires_at"], keep_fraction=True)
+    for name in ("created_at", "updated_at", "dispatched_at"):
+        _epoch_out(out, name, row[name])
+    out["last_error"] = row["last_error"]
+    return out
+
+
+def validate_run_key(run_key: str) -> str:
+    if not run_key or not run_key.strip():
+        raise UsageError("--run-key must not be empty")
+    if len(run_key) > MAX_RUN_KEY_LEN:
+        raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
+    if "\x00" in run_key:
+        raise UsageError("--run-key must not contain NUL bytes")
+    return run_key
+
+
+def parse_metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"invalid --metadata-json: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError("invalid --metadata-json: must be a JSON object")
+    return value
+
+
+class Reservations:
+    """Reservation operations over one ``reserver.sqlite3``."""
+
+    def __init__(self, db_path: str | None = None) -> None:
+        self.db_path = os.path.abspath(db_path or reserver_db_path())
+        try:
+            self.store = Store(self.db_path, RESERVER_MIGRATIONS)
+        except OrchesError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise OrchesError(f"cannot use reservation database {self.db_path}: {exc}", db=self.db_path) from None
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, run_key: str | None = None, reservation_id: str | None = None) -> sqlite3.Row:
+        if reservation_id is not None:
+            row = self.store.one("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,))
+        else:
+            row = self.store.one("SELECT * FROM reservations WHERE run_key = ?", (run_key,))
+        if row is None:
+            what = f"reservation_id {reservation_id}" if reservation_id is not None else f"run_key {run_key}"
+            raise NotFound(
+                f"reservation not found: {what}",
+                **({"reservation_id": reservation_id} if reservation_id is not None else {"run_key": run_key}),
+            )
+        return row
+
+    def _by_id_locked(self, db: sqlite3.Connection, reservation_id: str) -> sqlite3.Row:
+        return db.execute("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,)).fetchone()
+
+    # ----------------------------------------------------------------- reserve
+    def reserve(
+        self,
+        run_key: str,
+        command: Sequence[str],
+        *,
+        not_before: float | None = None,
+        expires_at: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        start_options: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Create the reservation of ``run_key``, or return the one it already has.
+
+        Idempotent under concurrency: the insert and the read-back happen in one
+        write transaction, and ``UNIQUE(run_key)`` makes a second insert a no-op.
+        """
+        validate_run_key(run_key)
+        if not command:
+            raise UsageError("reserve requires a command after --")
+        t = now()
+        with self.store.write() as db:
+            inserted = db.execute(
+                "INSERT INTO reservations (reservation_id, run_key, status, command, start_options, metadata, "
+                "not_before, expires_at, created_at, updated_at) VALUES (?, ?, 'RESERVED', ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_key) DO NOTHING",
+                (
+                    _new_id(),
+                    run_key,
+                    json.dumps(list(command)),
+                    json.dumps(list(start_options)),
+                    json.dumps(metadata) if metadata is not None else None,
+                    not_before,
+                    expires_at,
+                    t,
+                    t,
+                ),
+            ).rowcount
+            row = db.execute("SELECT * FROM reservations WHERE run_key = ?", (run_key,)).fetchone()
+        if inserted:
+            poke(self.db_path)
+        return {"created": bool(inserted), "reservation": reservation_json(row)}
+
+    # ------------------------------------------------------------ status/list
+    def status(self, run_key: str | None = None, reservation_id: str | None = None) -> dict[str, Any]:
+        return reservation_json(self.get(run_key, reservation_id))
+
+    def list(self, status: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> list[dict[str, Any]]:
+        if status is not None and status not in RESERVATION_STATUSES:
+            raise UsageError(f"unknown status {status!r}; choose from {', '.join(RESERVATION_STATUSES)}")
+        if limit < 0:
+            raise UsageError("--limit must be >= 0")
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        rows = self.store.all(
+            f"SELECT * FROM reservations {where} ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit]
+        )
+        return [reservation_json(r) for r in rows]
+
+    # ------------------------------------------------------------------ cancel
+    def cancel_pending(self, row: sqlite3.Row) -> dict[str, Any] | None:
+        """Cancel a not-yet-dispatched reservation; None if it has a job (cancel that instead)."""
+        with self.store.write() as db:
+            t = now()
+            changed = db.execute(
+                "UPDATE reservations SET status='CANCELLED', updated_at=? WHERE reservation_id=? AND status IN "
+                "('RESERVED','DISPATCH_FAILED','EXPIRED')",
+                (t, row["reservation_id"]),
+            ).rowcount
+            current = self._by_id_locked(db, row["reservation_id"])
+        if changed:
+            return {"cancelled": True, "reservation": reservation_json(current)}
+        if current["job_id"] is not None:
+            return None
+        raise CannotCancel(
+            f"cannot cancel reservation in status {current['status']} without job_id",
+            reservation_id=current["reservation_id"],
+            run_key=current["run_key"],
+            reservation_status=current["status"],
+        )
+
+    # ------------------------------------------------------------------- clean
+    def clean(
+        self,
+        *,
+        before: float | None = None,
+        after: float | None = None,
+        all_: bool = False,
+        job_id: str | None = None,
+        reservation_id: str | None = None,
+        run_key: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Delete terminal reservations by the spec's selection rules (never RESERVED/DISPATCHING)."""
+        if job_id is not None or reservation_id is not None:
+            if sum(x is not None for x in (job_id, reservation_id)) > 1 or (
+                before is not None or after is not None or all_ or run_key is not None
+            ):
+                raise UsageError("--job-id and --reservation-id cannot be combined with other selection options")
+            where, params = ("job_id = ?", [job_id]) if job_id is not None else ("reservation_id = ?", [reservation_id])
+        else:
+            if before is None and after is None and not all_:
+                raise UsageError("choose what to clean: --all, --job-id, --reservation-id, --before or --after")
+            clauses, params = [], []
+            if before is not None:
+                clauses.append("updated_at < ?")
+                params.append(before)
+            if after is not None:
+                clauses.append("updated_at >= ?")
+                params.append(after)
+            if run_key is not None:
+                clauses.append("run_key = ?")
+                params.append(run_key)
+            where = " AND ".join(clauses) or "1"
+        where += " AND status IN ({})".format(",".join("?" * len(TERMINAL_RESERVATION_STATUSES)))
+        params.extend(TERMINAL_RESERVATION_STATUSES)
+        with self.store.write() as db:
+            rows = db.execute(f"SELECT * FROM reservations WHERE {where} ORDER BY updated_at, seq", params).fetchall()
+            if rows and not dry_run:
+                db.executemany("DELETE FROM reservations WHERE seq = ?", [(r["seq"],) for r in rows])
+        return {
+            "deleted": 0 if dry_run else len(rows),
+            "dry_run": dry_run,
+            "matched": len(rows),
+            "reservations": [reservation_json(r) for r in rows],
+        }
+
+    # ------------------------------------------------- dispatcher primitives
+    def max_seq(self) -> int:
+        return self.store.one("SELECT COALESCE(MAX(seq), 0) FROM reservations")[0]
+
+    def created_since(self, seq: int) -> list[sqlite3.Row]:
+        return self.store.all("SELECT * FROM reservations WHERE seq > ? ORDER BY seq", (seq,))
+
+    def dispatching(self) -> list[sqlite3.Row]:
+        return self.store.all("SELECT * FROM reservations WHERE status = 'DISPATCHING' ORDER BY seq")
+
+    def expire_due(self, t: float) -> list[sqlite3.Row]:
+        """RESERVED rows whose expires_at has passed → EXPIRED; returns them (updated)."""
+        with self.store.write() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT seq FROM reservations WHERE status = 'RESERVED' AND expires_at IS NOT NULL "
+                    "AND expires_at <= ? ORDER BY seq",
+                    (t,),
+                )
+            ]
+            db.executemany(
+                "UPDATE reservations SET status='EXPIRED', last_error='expired before dispatch', updated_at=? "
+                "WHERE seq=? AND status='RESERVED'",
+                [(t, i) for i in ids],
+            )
+            return [db.execute("SELECT * FROM reservations WHERE seq = ?", (i,)).fetchone() for i in ids]
+
+    def next_due(self, t: float) -> sqlite3.Row | None:
+        """The oldest RESERVED reservation that may be dispatched at ``t``."""
+        return self.store.one(
+            "SELECT * FROM reservations WHERE status = 'RESERVED' AND (not_before IS NULL OR not_before <= ?) "
+            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY COALESCE(not_before, created_at), seq LIMIT 1",
+            (t, t),
+        )
+
+    def next_wakeup(self, t: float) -> float | None:
+        """The next instant something becomes due (a not_before or an expires_at)."""
+        row = self.store.one(
+            "SELECT MIN(x) FROM (SELECT MIN(not_before) AS x FROM reservations WHERE status = 'RESERVED' "
+            "AND not_before > ? UNION ALL SELECT MIN(expires_at) FROM reservations WHERE status = 'RESERVED' "
+            "AND expires_at > ?)",
+            (t, t),
+        )
+        return row[0]
+
+    def claim(self, reservation_id: str, t: float) -> sqlite3.Row | None:
+        """RESERVED → DISPATCHING, recording the claim instant; None if someone else moved it."""
+        with self.store.write() as db:
+            changed = db.execute(
+                "UPDATE reservations SET status='DISPATCHING', dispatch_claimed_at=?, updated_at=? "
+                "WHERE reservation_id=? AND status='RESERVED' AND (not_before IS NULL OR not_before <= ?) "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (t, t, reservation_id, t, t),
+            ).rowcount
+            return self._by_id_locked(db, reservation_id) if changed else None
+
+    def mark_dispatched(self, reservation_id: str, job_id: str, note: str | None = None) -> sqlite3.Row:
+        t = now()
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE reservations SET status='DISPATCHED', job_id=?, dispatched_at=?, updated_at=?, last_error=? "
+                "WHERE reservation_id=? AND status='DISPATCHING'",
+                (job_id, t, t, note, reservation_id),
+            )
+            return self._by_id_locked(db, reservation_id)
+
+    def mark_failed(self, reservation_id: str, error: str) -> sqlite3.Row:
+        t = now()
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE reservations SET status='DISPATCH_FAILED', last_error=?, updated_at=? "
+                "WHERE reservation_id=? AND status='DISPATCHING'",
+                (error[:MAX_ERROR_LEN], t, reservation_id),
+            )
+            return self._by_id_locked(db, reservation_id)
+
+    def requeue(self, reservation_id: str, note: str) -> sqlite3.Row:
+        """DISPATCHING → RESERVED (only when provably no job was created)."""
+        t = now()
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE reservations SET status='RESERVED', dispatch_claimed_at=NULL, last_error=?, updated_at=? "
+                "WHERE reservation_id=? AND status='DISPATCHING'",
+                (note, t, reservation_id),
+            )
+            return self._by_id_locked(db, reservation_id)
