@@ -112,6 +112,11 @@ def wait_any(targets: list[tuple[int, int, str]], timeout: float) -> None:
             os.close(fd)
 
 
+def _prefixed(prefix: str, exc: OrchesError) -> str:
+    # The subprocess client already names the failing call; do not say it twice.
+    return exc.message if exc.message.startswith(prefix) else f"{prefix}: {exc.message}"
+
+
 class LeaseLost(OrchesError):
     """This process no longer holds the advancer lease (never expected; stops the loop)."""
 
@@ -572,7 +577,7 @@ class Advancer:
         except OrchesError as exc:
             # A start that fails is a failed attempt (retry or FAILED), never an
             # endless re-start loop.
-            self._attempt_failed(step, attempt, f"orchesjob start failed: {exc.message}", None)
+            self._attempt_failed(step, attempt, _prefixed("orchesjob start failed", exc), None)
             return
         kill_point("started")
         if not self._still_running() and job.get("status") not in JOB_TERMINAL:
@@ -594,7 +599,7 @@ class Advancer:
             self._launch(step, attempt, key, workdir)
             return
         except OrchesError as exc:
-            self._attempt_failed(step, attempt, f"orchesjob status failed: {exc.message}", None)
+            self._attempt_failed(step, attempt, _prefixed("orchesjob status failed", exc), None)
             return
         if (
             job.get("status") not in JOB_TERMINAL
