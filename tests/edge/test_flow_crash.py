@@ -1,0 +1,151 @@
+"""Crash-resume and single-advancer tests of ``orchesjob-flow``.
+
+The loop that advances a flow is SIGKILLed at named points (deterministic) and
+at random instants (detached child); resuming with ``start`` must finish the run
+without running any step twice. Each step appends its id to a marker file when
+its command actually executes, so "ran exactly once" is checked on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import cli_path
+from tests.edge.test_flow_cli import flow, pid_gone, status, steps_by_id, wait_until, write_flow
+
+
+def marker_flow(tmp_path, sleep="0.05"):
+    """A-B-C chain, a parallel P1-P2 branch, and J joining both (6 steps)."""
+    m = tmp_path / "markers"
+
+    def cmd(sid):
+        return ["sh", "-c", f"echo {sid} >> {m}; sleep {sleep}"]
+
+    steps = [
+        {"id": "A", "command": cmd("A")},
+        {"id": "B", "when": "A", "command": cmd("B")},
+        {"id": "C", "when": "B", "command": cmd("C")},
+        {"id": "P1", "command": cmd("P1")},
+        {"id": "P2", "when": "P1", "command": cmd("P2")},
+        {"id": "J", "when": "C && P2", "command": cmd("J")},
+    ]
+    return write_flow(tmp_path, steps), m
+
+
+def assert_each_ran_once(markers, ids=("A", "B", "C", "P1", "P2", "J")):
+    ran = markers.read_text().split()
+    assert sorted(ran) == sorted(ids), ran
+
+
+def advancer_rows(runner):
+    path = os.path.join(runner.home, "orchesjob-flow.sqlite3")
+    if not os.path.exists(path):
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT run_key, pid, role FROM flow_advancers").fetchall()
+    except sqlite3.OperationalError:
+        return []  # not migrated yet
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("point", ["intent", "started", "recorded"])
+@pytest.mark.parametrize("nth", [1, 3])
+def test_kill_at_named_points_then_resume(runner, tmp_path, point, nth):
+    path, markers = marker_flow(tmp_path)
+    env = dict(runner.env, ORCHESJOB_FLOW_TEST_KILL_AT=f"{point}:{nth}")
+    r = flow(runner, "start", "--run-key", "k", path, env=env)
+    assert r.code == -signal.SIGKILL, r.err
+    again = flow(runner, "start", "--run-key", "k", path)
+    assert again.code == 0, again.err
+    p = again.json
+    assert p["status"] == "SUCCEEDED"
+    # No step needed a second attempt: the resumed loop found each job by its run key.
+    assert [s["attempt_no"] for s in p["steps"]] == [1] * 6
+    assert_each_ran_once(markers)
+    for s in p["steps"]:
+        assert runner.ok("status", "--run-key", s["run_key"])["attempt_no"] == 1
+
+
+def test_random_sigkill_of_detached_loop_resumes_exactly(runner, tmp_path):
+    rng = random.Random(4)
+    for i in range(8):
+        sub = tmp_path / f"r{i}"
+        sub.mkdir()
+        path, markers = marker_flow(sub, sleep="0.1")
+        key = f"rk{i}"
+        d = flow(runner, "start", "-d", "--run-key", key, path)
+        assert d.code == 0, d.err
+        time.sleep(rng.uniform(0.0, 0.6))
+        try:
+            os.kill(d.json["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already finished
+        again = flow(runner, "start", "--run-key", key, path)
+        assert again.code == 0, again.err
+        assert again.json["status"] == "SUCCEEDED"
+        assert_each_ran_once(markers)
+        assert all(s["attempt_no"] == 1 for s in again.json["steps"])
+
+
+def test_two_loops_never_both_advance(runner, tmp_path):
+    gate = tmp_path / "gate"
+    markers = tmp_path / "markers"
+    steps = [
+        {"id": "A", "command": ["sh", "-c", f"echo A >> {markers}; while [ ! -e {gate} ]; do sleep 0.05; done"]},
+        {"id": "B", "when": "A", "command": ["sh", "-c", f"echo B >> {markers}"]},
+        {"id": "C", "when": "A", "command": ["sh", "-c", f"echo C >> {markers}"]},
+    ]
+    path = write_flow(tmp_path, steps)
+    exe = cli_path("orchesjob-flow")
+    first = subprocess.Popen(
+        [exe, "start", "--run-key", "dup", path], env=runner.env, stdout=subprocess.PIPE, text=True
+    )
+    wait_until(lambda: advancer_rows(runner))
+    others = [
+        subprocess.Popen([exe, "start", "--run-key", "dup", path], env=runner.env, stdout=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            [exe, "watch", "--run-key", "dup", "--advance", "--mode", "append", "--interval", "0.1"],
+            env=runner.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
+    ]
+    time.sleep(0.5)
+    rows = advancer_rows(runner)
+    assert rows == [("dup", first.pid, "start")]  # one lease, held by the first loop
+    # The holder dies mid-run: one of the followers takes over and finishes.
+    first.kill()
+    first.wait()
+    wait_until(lambda: (r := advancer_rows(runner)) and r[0][1] != first.pid)
+    gate.write_text("")
+    outs = [p.communicate(timeout=30)[0] for p in others]
+    assert [p.returncode for p in others] == [0, 0]
+    assert json.loads(outs[0])["status"] == "SUCCEEDED"
+    assert sorted(markers.read_text().split()) == ["A", "B", "C"]
+    assert advancer_rows(runner) == []
+    p = status(runner, "dup")
+    assert all(s["attempt_no"] == 1 for s in p["steps"])
+
+
+def test_detached_start_twice_spawns_one_advancer(runner, tmp_path):
+    gate = tmp_path / "gate"
+    steps = [{"id": "A", "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"]}]
+    path = write_flow(tmp_path, steps)
+    d1 = flow(runner, "start", "-d", "--run-key", "dd", path).json
+    wait_until(lambda: advancer_rows(runner))
+    d2 = flow(runner, "start", "-d", "--run-key", "dd", path).json
+    assert d2["already_advancing"] is True and d2["pid"] == d1["pid"]
+    gate.write_text("")
+    wait_until(lambda: status(runner, "dd")["status"] == "SUCCEEDED")
+    wait_until(lambda: pid_gone(d1["pid"]))
+    assert steps_by_id(status(runner, "dd"))["A"]["attempt_no"] == 1
