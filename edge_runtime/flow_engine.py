@@ -756,6 +756,8 @@ class Advancer:
             time.sleep(timeout)
             return
         targets = self.client.waitables(job_ids)
+        if targets is None:
+            return  # a step's job has already finished: advance now
         if len(targets) < running:
             # Some running job has no live supervisor to wait on (or is still
             # being recorded): poll it at a modest pace instead.

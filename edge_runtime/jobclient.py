@@ -77,20 +77,21 @@ class InProcessClient:
     def abort(self, run_key: str, reason: str, grace: float | None = None) -> dict[str, Any]:
         return self.jobs.stop(run_key=run_key, status="ABORTED", reason=reason, grace=5.0 if grace is None else grace)
 
-    def waitables(self, job_ids: list[str]) -> list[tuple[int, int, str]]:
+    def waitables(self, job_ids: list[str]) -> list[tuple[int, int, str]] | None:
         """Identities (pid, start, boot) of the live supervisors of ``job_ids``.
 
         The flow engine blocks on these (pidfds) so it wakes the moment a step
-        finishes instead of sleeping a poll interval.
+        finishes instead of sleeping a poll interval. None means some job has
+        already finished (or is unknown): there is nothing to wait for.
         """
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
         rows = self.jobs.store.all(
-            f"SELECT worker_pid, worker_start, boot_id FROM jobs WHERE job_id IN ({marks}) "
-            "AND status IN ('STARTING','RUNNING')",
-            job_ids,
+            f"SELECT status, worker_pid, worker_start, boot_id FROM jobs WHERE job_id IN ({marks})", job_ids
         )
+        if len(rows) < len(set(job_ids)) or any(r["status"] not in ("STARTING", "RUNNING") for r in rows):
+            return None
         return [(r["worker_pid"], r["worker_start"], r["boot_id"]) for r in rows if r["worker_pid"] is not None]
 
     def close(self) -> None:
@@ -165,7 +166,7 @@ class SubprocessClient:
             args += ["--grace-seconds", f"{grace:g}"]
         return self._call("abort", args)
 
-    def waitables(self, job_ids: list[str]) -> list[tuple[int, int, str]]:
+    def waitables(self, job_ids: list[str]) -> list[tuple[int, int, str]] | None:
         return []
 
     def close(self) -> None:
