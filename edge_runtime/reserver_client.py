@@ -21,11 +21,7 @@ the two can be merged once both settle.)
 from __future__ import annotations
 
 import json
-import math
 import os
-import shlex
-import shutil
-import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +69,8 @@ def resolve_bin(bin_: str | None) -> str | None:
     """The executable to run as a subprocess, or None to dispatch in-process."""
     if not bin_:
         return None
+    import shutil
+
     found = shutil.which(bin_)
     if found is None:
         # The bare default name means "orchesjob", which we are; anything else
@@ -202,7 +200,11 @@ class SubprocessJobClient(JobClient):
     def __init__(self, bin_: str) -> None:
         self.bin = bin_
 
-    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess:
+    def _run(self, args: Sequence[str]) -> Any:
+        # Imported here: only a foreign binary needs them (start-up time).
+        import shlex
+        import subprocess
+
         argv = [self.bin, *args]
         try:
             # Own session: a SIGTERM/SIGINT aimed at the dispatcher's process
@@ -229,6 +231,8 @@ class SubprocessJobClient(JobClient):
             except (ValueError, IndexError, KeyError, TypeError):
                 pass
             cls = _ERROR_BY_EXIT_CODE.get(p.returncode, OrchesError)
+            import shlex
+
             raise cls(
                 f"orchesjob command failed: {shlex.join([self.bin, *args])}\n"
                 f"exit_code={p.returncode}\nstderr={message}",
@@ -266,7 +270,7 @@ class SubprocessJobClient(JobClient):
         if isinstance(jobs, dict):
             jobs = [jobs]
         # Foreign releases report whole seconds: compare at that precision.
-        floor = math.floor(since)
+        floor = int(since // 1)
         found = [
             j
             for j in jobs

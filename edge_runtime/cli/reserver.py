@@ -177,9 +177,13 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"orchesjob-reserver {args.cmd}: unexpected arguments after --: {' '.join(command)}")
 
     from ..reservations import Reservations
-    from ..reserver_client import default_bin, open_job_client
 
-    bin_ = args.orchesjob_bin or default_bin()
+    def client() -> Any:
+        # Only reserve/run/status --include-job/result/cancel need one.
+        from ..reserver_client import default_bin, open_job_client
+
+        return open_job_client(args.orchesjob_bin or default_bin())
+
     options = list(args.orchesjob_start_option or [])
     res = Reservations(args.db)
     cmd = args.cmd
@@ -194,7 +198,7 @@ def main(argv: list[str]) -> int:
         expires_at = parse_datetime(args.expires_at, "--expires-at") if args.expires_at else None
         metadata = parse_metadata(args.metadata_json)
         # Refuse options that orchesjob start would refuse now, not at dispatch.
-        open_job_client(bin_).check_options(options)
+        client().check_options(options)
         emit(
             res.reserve(
                 args.run_key,
@@ -212,9 +216,9 @@ def main(argv: list[str]) -> int:
 
         poll = _positive(args.poll_interval, "--poll-interval")
         error_sleep = _positive(args.error_sleep, "--error-sleep")
-        client = open_job_client(bin_)
-        client.check_options(options)
-        return Dispatcher(res, client, poll_interval=poll, error_sleep=error_sleep, start_options=options).run(
+        job_client = client()
+        job_client.check_options(options)
+        return Dispatcher(res, job_client, poll_interval=poll, error_sleep=error_sleep, start_options=options).run(
             once=args.once
         )
 
@@ -244,7 +248,7 @@ def main(argv: list[str]) -> int:
 
         out: dict[str, Any] = {"reservation": reservation_json(row)}
         if args.include_job:
-            out["job"] = _job_status(open_job_client(bin_), row) if row["job_id"] else None
+            out["job"] = _job_status(client(), row) if row["job_id"] else None
         emit(out)
         return 0
     if cmd == "result":
@@ -257,7 +261,7 @@ def main(argv: list[str]) -> int:
                 run_key=row["run_key"],
                 reservation_status=row["status"],
             )
-        return _proxy(open_job_client(bin_).proxy("result", row["job_id"]))
+        return _proxy(client().proxy("result", row["job_id"]))
     if cmd == "cancel":
         if row["job_id"] is None:
             cancelled = res.cancel_pending(row)
@@ -265,7 +269,7 @@ def main(argv: list[str]) -> int:
                 emit(cancelled)
                 return 0
             row = res.get(reservation_id=row["reservation_id"])  # dispatched meanwhile
-        return _cancel_job(open_job_client(bin_), row)
+        return _cancel_job(client(), row)
     raise UsageError(f"unknown command {cmd}")
 
 
