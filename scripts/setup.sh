@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# Idempotent development setup: a virtualenv at .venv with the project and its
-# test dependencies. Safe to run repeatedly; used by test.sh, demo.sh and CI.
+# Idempotent development setup: a virtualenv at .venv with the project, Airflow
+# and the test dependencies; as root on Debian/Ubuntu also the system parts the
+# integration tests use (OpenSSH server, pipx). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  command -v "$PYTHON" >/dev/null || need+=(python3)
+  "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v ssh >/dev/null || need+=(openssh-client)
+  command -v pipx >/dev/null || need+=(pipx)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "setup: Python >= 3.10 is required (found: $("$PYTHON" --version 2>&1))" >&2
   exit 1
@@ -13,5 +29,5 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# Quiet, but show errors. Editable install so the console scripts track the checkout.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Editable install so the console scripts track the checkout.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[airflow,test]'

@@ -1,0 +1,3 @@
+from airflow_provider_orchesjob.hooks.orchesjob import OrchesJobHook
+
+__all__ = ["OrchesJobHook"]

@@ -1,0 +1,234 @@
+"""Pure functions that build edge-CLI argv lists and the remote shell command line.
+
+Nothing here talks to a host, so every quoting rule is unit-tested on its own.
+An argv list is the exact argument vector the edge CLI must receive; the SSH
+transports turn it into one POSIX shell command line with
+:func:`remote_command_line`, which quotes every element, so run keys, commands,
+env values and paths containing ``;``, ``$()``, backquotes, quotes, newlines,
+globs or non-ASCII arrive on the host byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+ORCHESJOB = "orchesjob"
+RESERVER = "orchesjob-reserver"
+FLOW = "orchesjob-flow"
+TOOLS = (ORCHESJOB, RESERVER, FLOW)
+
+# A plain `pipx install` puts the CLIs in ~/.local/bin, which a non-interactive
+# SSH session usually does not have on PATH.
+DEFAULT_EXTRA_PATH = "$HOME/.local/bin"
+
+
+def _check_text(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL bytes: {value!r}")
+    return value
+
+
+def shell_argv(command: str | Sequence[str]) -> list[str]:
+    """A user command as argv: a list is used as-is; a string runs under ``/bin/sh -c``."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise ValueError("command must not be empty")
+        return ["/bin/sh", "-c", command]
+    argv = [str(a) for a in command]
+    if not argv:
+        raise ValueError("command must not be empty")
+    return argv
+
+
+def time_arg(value: datetime | str | int | float | None) -> str | None:
+    """A time for --not-before/--expires-at: datetime (must be aware), ISO 8601 or epoch."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone so the host cannot misread it")
+        return value.isoformat()
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return str(value)
+
+
+# ------------------------------------------------------------------ orchesjob
+def job_start(
+    run_key: str,
+    command: str | Sequence[str],
+    *,
+    reuse_policy: str = "failed-only",
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    start_timeout: float | None = None,
+    sync: bool = False,
+) -> list[str]:
+    argv = [ORCHESJOB, "start", "--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
+    if sync:
+        argv.append("--sync")
+    if start_timeout is not None:
+        argv += ["--start-timeout", f"{start_timeout:g}"]
+    if cwd:
+        argv += ["--cwd", _check_text(cwd, "cwd")]
+    for key, value in (env or {}).items():
+        if not key or "=" in key:
+            raise ValueError(f"invalid environment variable name: {key!r}")
+        argv += ["--env", _check_text(f"{key}={value}", "env")]
+    if timeout is not None:
+        argv += ["--timeout", f"{timeout:g}"]
+    return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]
+
+
+def _selector(run_key: str | None, job_id: str | None, id_flag: str = "--job-id") -> list[str]:
+    if (run_key is None) == (job_id is None):
+        raise ValueError("give exactly one of run_key or an id")
+    return ["--run-key", run_key] if run_key is not None else [id_flag, job_id]  # type: ignore[list-item]
+
+
+def job_status(
+    run_key: str | None = None,
+    job_id: str | None = None,
+    *,
+    stdout_offset: int | None = None,
+    stderr_offset: int | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
+    argv = [ORCHESJOB, "status", *_selector(run_key, job_id)]
+    if stdout_offset is not None:
+        argv += ["--stdout-offset", str(int(stdout_offset))]
+    if stderr_offset is not None:
+        argv += ["--stderr-offset", str(int(stderr_offset))]
+    if max_bytes is not None:
+        argv += ["--max-bytes", str(int(max_bytes))]
+    return argv
+
+
+def job_status_many(run_keys: Sequence[str] = (), job_ids: Sequence[str] = ()) -> list[str]:
+    argv = [ORCHESJOB, "status"]
+    for key in run_keys:
+        argv += ["--run-key", key]
+    for job_id in job_ids:
+        argv += ["--job-id", job_id]
+    if len(argv) < 4:
+        raise ValueError("give at least one run key or job id")
+    return argv
+
+
+def job_result(run_key: str | None = None, job_id: str | None = None) -> list[str]:
+    return [ORCHESJOB, "result", *_selector(run_key, job_id)]
+
+
+def job_stop(
+    verb: str, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
+) -> list[str]:
+    if verb not in ("abort", "cancel"):
+        raise ValueError(verb)
+    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace-seconds", f"{grace:g}"]
+    return argv + (["--reason", reason] if reason else [])
+
+
+def job_unlock(run_key: str, *, reason: str | None = None, ttl: str | None = None) -> list[str]:
+    argv = [ORCHESJOB, "unlock", "--run-key", run_key]
+    return argv + (["--reason", reason] if reason else []) + (["--ttl", ttl] if ttl else [])
+
+
+def job_rerun(run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None) -> list[str]:
+    return [ORCHESJOB, "rerun", *_selector(run_key, job_id)] + (["--reason", reason] if reason else [])
+
+
+def job_logs(run_key: str | None = None, job_id: str | None = None, *, stream: str = "stdout") -> list[str]:
+    return [ORCHESJOB, "logs", *_selector(run_key, job_id), "--stream", stream]
+
+
+def runtime_info() -> list[str]:
+    return [ORCHESJOB, "info"]
+
+
+# ----------------------------------------------------------------- reserver
+def reserve(
+    run_key: str,
+    command: str | Sequence[str],
+    *,
+    not_before: datetime | str | int | float | None = None,
+    expires_at: datetime | str | int | float | None = None,
+    metadata: Mapping | None = None,
+    start_options: Sequence[str] = (),
+) -> list[str]:
+    argv = [RESERVER, "reserve", "--run-key", _check_text(run_key, "run key")]
+    if (nb := time_arg(not_before)) is not None:
+        argv += ["--not-before", nb]
+    if (ea := time_arg(expires_at)) is not None:
+        argv += ["--expires-at", ea]
+    if metadata is not None:
+        argv += ["--metadata-json", json.dumps(dict(metadata), sort_keys=True, default=str)]
+    for option in start_options:
+        argv.append(f"--orchesjob-start-option={option}")
+    return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]
+
+
+def reservation_status(
+    run_key: str | None = None, reservation_id: str | None = None, *, include_job: bool = False
+) -> list[str]:
+    argv = [RESERVER, "status", *_selector(run_key, reservation_id, "--reservation-id")]
+    return argv + (["--include-job"] if include_job else [])
+
+
+def reservation_result(run_key: str | None = None, reservation_id: str | None = None) -> list[str]:
+    return [RESERVER, "result", *_selector(run_key, reservation_id, "--reservation-id")]
+
+
+def reservation_cancel(run_key: str | None = None, reservation_id: str | None = None) -> list[str]:
+    return [RESERVER, "cancel", *_selector(run_key, reservation_id, "--reservation-id")]
+
+
+# --------------------------------------------------------------------- flow
+def flow_start(run_key: str, *, flow_file: str = "-", detach: bool = True) -> list[str]:
+    """Start a flow; with ``flow_file='-'`` the definition is read from stdin."""
+    argv = [FLOW, "start", "--run-key", _check_text(run_key, "run key")]
+    return argv + (["-d"] if detach else []) + [flow_file]
+
+
+def flow_status(run_key: str) -> list[str]:
+    return [FLOW, "status", "--run-key", run_key]
+
+
+def flow_cancel(run_key: str, *, grace: float | None = None) -> list[str]:
+    return [FLOW, "cancel", "--run-key", run_key] + (["--grace-seconds", f"{grace:g}"] if grace is not None else [])
+
+
+def flow_repair(run_key: str, *, detach: bool = True) -> list[str]:
+    return [FLOW, "repair", "--run-key", run_key] + (["-d"] if detach else [])
+
+
+# ------------------------------------------------------------- shell quoting
+def remote_command_line(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    bin_dir: str | None = None,
+    extra_path: str = DEFAULT_EXTRA_PATH,
+) -> str:
+    """One POSIX shell command line that execs ``argv`` on the host.
+
+    ``env`` (e.g. ORCHESJOB_HOME) is exported first; ``bin_dir`` makes argv[0]
+    an absolute path, otherwise ``extra_path`` (unquoted on purpose, so
+    ``$HOME`` expands on the host) is prepended to PATH.
+    """
+    parts = []
+    for key, value in (env or {}).items():
+        if not key.isidentifier():
+            raise ValueError(f"invalid environment variable name: {key!r}")
+        parts.append(f"export {key}={shlex.quote(_check_text(value, key))};")
+    program = argv[0]
+    if bin_dir:
+        program = bin_dir.rstrip("/") + "/" + program
+    elif extra_path:
+        parts.append(f'PATH="{extra_path}:$PATH"; export PATH;')
+    words = [shlex.quote(_check_text(program, "program"))]
+    words += [shlex.quote(_check_text(str(a), "argument")) for a in argv[1:]]
+    return " ".join(parts + ["exec", *words])

@@ -1,0 +1,435 @@
+"""``OrchesJobHook``: the edge CLIs as Python methods returning parsed JSON.
+
+Command lines come from :mod:`.commands` (pure, quoted); bytes travel through a
+transport from :mod:`.transport`; exit codes become the named exceptions of
+:mod:`..exceptions`. Nothing else in the provider talks SSH.
+
+Retries: a connection failure before the command was sent is always retried
+(backoff with jitter, within a budget). After it may have reached the host, only
+commands that are safe to resend are retried — which is every command keyed by
+a run key under a reuse policy that returns the existing attempt — never e.g.
+``rerun``, which creates a new execution each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from .. import __version__
+from ..compat import BaseHook
+from ..exceptions import (
+    OrchesJobCommandError,
+    OrchesJobConnectionError,
+    OrchesJobError,
+    OrchesJobInvalidArguments,
+    OrchesJobInvalidState,
+    OrchesJobLockError,
+    OrchesJobNotFound,
+    OrchesJobRuntimeIncompatible,
+    OrchesJobRuntimeMissing,
+)
+from . import commands
+from .transport import (
+    AsyncSSHTransport,
+    CommandResult,
+    EdgeSettings,
+    LocalTransport,
+    SSHConfig,
+    SSHTransport,
+    backoff_delays,
+)
+
+# Exit code -> exception, per tool (the three CLIs number their errors differently).
+_EXIT_ERRORS: dict[str, dict[int, type[OrchesJobError]]] = {
+    commands.ORCHESJOB: {2: OrchesJobInvalidArguments, 3: OrchesJobNotFound, 4: OrchesJobInvalidState,
+                         5: OrchesJobLockError},
+    commands.RESERVER: {2: OrchesJobInvalidArguments, 4: OrchesJobNotFound, 5: OrchesJobInvalidState,
+                        6: OrchesJobInvalidState},
+    commands.FLOW: {2: OrchesJobInvalidArguments, 3: OrchesJobNotFound, 4: OrchesJobInvalidState,
+                    5: OrchesJobLockError},
+}  # fmt: skip
+
+_ERROR_TYPES: dict[str, type[OrchesJobError]] = {
+    "not_found": OrchesJobNotFound,
+    "invalid_state": OrchesJobInvalidState,
+    "invalid_arguments": OrchesJobInvalidArguments,
+    "lock_error": OrchesJobLockError,
+}
+
+# What this provider needs from the host's runtime (see `orchesjob info`).
+REQUIRED_CAPABILITIES = ("reuse-policy", "result", "cancel", "status-log-chunks")
+LOCAL = "local"
+
+
+def _decode_error(stderr: bytes) -> dict:
+    for line in reversed(stderr.decode("utf-8", "replace").strip().splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return {}
+
+
+def check_result(argv: Sequence[str], result: CommandResult, host: str, ok_codes: Sequence[int] = (0,)) -> Any:
+    """Parsed JSON stdout of a successful call, or the matching named exception."""
+    tool = argv[0]
+    stderr = result.stderr.decode("utf-8", "replace").strip()
+    if result.exit_code == 127 and (not result.stdout) and ("not found" in stderr or "No such file" in stderr):
+        raise OrchesJobRuntimeMissing(
+            f"{tool} is not installed on {host} (or not on the SSH session's PATH): {stderr}. Install the edge "
+            "runtime there with `pipx install airflow-provider-orchesjob`, or set the connection extra "
+            "`orchesjob_bin_dir`.",
+            exit_code=127,
+            stderr=stderr,
+        )
+    if result.exit_code not in ok_codes:
+        remote = _decode_error(result.stderr)
+        # The error kind in the stderr JSON is the most precise; exit codes differ per tool.
+        cls = _ERROR_TYPES.get(remote.get("error_type", "")) or _EXIT_ERRORS.get(tool, {}).get(
+            result.exit_code, OrchesJobCommandError
+        )
+        what = remote.get("error") or stderr or "no error output"
+        raise cls(
+            f"{tool} {argv[1] if len(argv) > 1 else ''} on {host} failed (exit {result.exit_code}): {what}"
+            + (f" | stderr: {stderr}" if stderr and remote else ""),
+            exit_code=result.exit_code,
+            stderr=stderr,
+            remote_error=remote,
+        )
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise OrchesJobCommandError(
+            f"{tool} on {host} printed no JSON (exit {result.exit_code}): {result.stdout[:500]!r}",
+            exit_code=result.exit_code,
+            stderr=stderr,
+        ) from None
+
+
+class OrchesJobHook(BaseHook):
+    """Run the orchesjob edge CLIs on a host over SSH (or locally).
+
+    :param ssh_conn_id: an Airflow ``ssh`` connection. Standard extras apply
+        (``key_file``, ``private_key``, ``host_key``, ``no_host_key_check``,
+        ``conn_timeout``...); host keys are **verified by default** against
+        ``~/.ssh/known_hosts``, the ``known_hosts`` extra (a path) or
+        ``host_key``. Edge extras: ``orchesjob_home`` (ORCHESJOB_HOME on the
+        host), ``orchesjob_bin_dir`` (where the CLIs are; default: PATH plus
+        ``~/.local/bin``), ``max_sessions`` (concurrent sessions per shared
+        connection, default 8).
+    :param transport: ``"ssh"`` (default when a connection is given) or
+        ``"local"`` (run the CLIs on this machine; the zero-setup mode).
+    :param remote_host: override the connection's host (fan-out over hosts).
+    :param connect_budget: seconds of backoff spent retrying connection failures.
+    """
+
+    conn_name_attr = "ssh_conn_id"
+    default_conn_name = "ssh_default"
+    conn_type = "ssh"
+    hook_name = "OrchesJob (SSH)"
+
+    def __init__(
+        self,
+        ssh_conn_id: str | None = default_conn_name,
+        *,
+        transport: str | None = None,
+        remote_host: str | None = None,
+        orchesjob_home: str | None = None,
+        bin_dir: str | None = None,
+        connect_budget: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ssh_conn_id = ssh_conn_id
+        self.transport_kind = transport or (LOCAL if ssh_conn_id is None else "ssh")
+        self.remote_host = remote_host
+        self.orchesjob_home = orchesjob_home
+        self.bin_dir = bin_dir
+        self.connect_budget = connect_budget
+        self._config: SSHConfig | None = None
+        self._sync: Any = None
+        self._async: Any = None
+        self._checked: set[str] = set()
+
+    # ------------------------------------------------------------- plumbing
+    def ssh_config(self) -> SSHConfig:
+        if self._config is None:
+            conn = self.get_connection(self.ssh_conn_id)
+            cfg = SSHConfig.from_connection(conn, host=self.remote_host)
+            if self.orchesjob_home:
+                cfg.edge.orchesjob_home = self.orchesjob_home
+            if self.bin_dir:
+                cfg.edge.bin_dir = self.bin_dir
+            self._config = cfg
+        return self._config
+
+    def _local_edge(self) -> EdgeSettings:
+        return EdgeSettings(orchesjob_home=self.orchesjob_home, bin_dir=self.bin_dir)
+
+    def get_conn(self) -> Any:
+        """The synchronous transport (created on first use)."""
+        if self._sync is None:
+            self._sync = (
+                LocalTransport(self._local_edge()) if self.transport_kind == LOCAL else SSHTransport(self.ssh_config())
+            )
+        return self._sync
+
+    def get_async_conn(self) -> Any:
+        if self._async is None:
+            self._async = (
+                LocalTransport(self._local_edge())
+                if self.transport_kind == LOCAL
+                else AsyncSSHTransport(self.ssh_config())
+            )
+        return self._async
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    def run_cli(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        resend_safe: bool = True,
+        ok_codes: Sequence[int] = (0,),
+        timeout: float | None = 300,
+    ) -> Any:
+        """Run one edge CLI call and return its parsed JSON (retrying connection failures safely)."""
+        transport = self.get_conn()
+        self._ensure_compatible(transport)
+        delays = backoff_delays(budget=self.connect_budget)
+        while True:
+            try:
+                result = transport.run(argv, stdin=stdin, timeout=timeout)
+                return check_result(argv, result, transport.host_id, ok_codes)
+            except OrchesJobConnectionError as exc:
+                if not exc.retryable:
+                    raise
+                if exc.sent and not resend_safe:
+                    raise OrchesJobConnectionError(
+                        f"{exc} — {argv[0]} {argv[1]} may have run on the host and is not safe to resend; "
+                        "check its status before retrying",
+                        sent=True,
+                    ) from exc
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.log.warning("%s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+
+    async def arun_cli(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        resend_safe: bool = True,
+        ok_codes: Sequence[int] = (0,),
+        timeout: float | None = 300,
+    ) -> Any:
+        """Async twin of :meth:`run_cli` over the shared per-process connection."""
+        transport = self.get_async_conn()
+        delays = backoff_delays(budget=self.connect_budget)
+        while True:
+            try:
+                result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+                return check_result(argv, result, transport.host_id, ok_codes)
+            except OrchesJobConnectionError as exc:
+                if not exc.retryable or (exc.sent and not resend_safe):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.log.warning("%s; reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    def _ensure_compatible(self, transport: Any) -> None:
+        """Check the host's runtime once per connection: present, ours, capable enough."""
+        if transport.host_id in self._checked:
+            return
+        argv = commands.runtime_info()
+        try:
+            result = transport.run(argv, timeout=60)
+        except OrchesJobConnectionError as exc:
+            if not exc.retryable:
+                raise
+            return  # run_cli's own retry loop reports connection problems
+        if result.exit_code == 2:
+            raise OrchesJobRuntimeIncompatible(
+                f"the orchesjob on {transport.host_id} has no `info` command: it is not the edge runtime of "
+                f"airflow-provider-orchesjob (e.g. the public orchesjob release). Install "
+                f"airflow-provider-orchesjob=={__version__} there.",
+                exit_code=2,
+                stderr=result.stderr.decode("utf-8", "replace"),
+            )
+        info = check_result(argv, result, transport.host_id)
+        missing = [c for c in REQUIRED_CAPABILITIES if c not in info.get("capabilities", [])]
+        remote_major = str(info.get("version", "0")).split(".")[0]
+        if missing or remote_major != __version__.split(".")[0]:
+            raise OrchesJobRuntimeIncompatible(
+                f"edge runtime {info.get('version')} on {transport.host_id} is incompatible with provider "
+                f"{__version__} (missing capabilities: {missing or 'none'}); upgrade it with "
+                "`pipx upgrade airflow-provider-orchesjob`"
+            )
+        self._checked.add(transport.host_id)
+
+    def runtime_info(self) -> dict:
+        return self.run_cli(commands.runtime_info())
+
+    # ------------------------------------------------------------------ jobs
+    def start_job(
+        self,
+        run_key: str,
+        command: str | Sequence[str],
+        *,
+        reuse_policy: str = "failed-only",
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        start_timeout: float | None = None,
+        sync: bool = False,
+    ) -> dict:
+        """Start (or reattach to / adopt) the job of ``run_key``; see the reuse policies."""
+        argv = commands.job_start(
+            run_key, command, reuse_policy=reuse_policy, cwd=cwd, env=env, timeout=timeout,
+            start_timeout=start_timeout, sync=sync,
+        )  # fmt: skip
+        # Resending is safe when a repeat returns the existing attempt instead of a new one.
+        return self.run_cli(argv, resend_safe=reuse_policy in ("failed-only", "never"), timeout=None if sync else 300)
+
+    def job_status(
+        self,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        stdout_offset: int | None = None,
+        stderr_offset: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict:
+        return self.run_cli(
+            commands.job_status(
+                run_key, job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset, max_bytes=max_bytes
+            )
+        )
+
+    async def ajob_status(
+        self,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        stdout_offset: int | None = None,
+        stderr_offset: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict:
+        return await self.arun_cli(
+            commands.job_status(
+                run_key, job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset, max_bytes=max_bytes
+            )
+        )
+
+    def job_status_many(self, run_keys: Sequence[str] = (), job_ids: Sequence[str] = ()) -> list[dict]:
+        out = self.run_cli(commands.job_status_many(run_keys, job_ids))
+        return out if isinstance(out, list) else [out]
+
+    def job_result(self, run_key: str | None = None, job_id: str | None = None) -> dict:
+        """The finished job (exit 1 = finished unsuccessfully is a result, not an error)."""
+        return self.run_cli(commands.job_result(run_key, job_id), ok_codes=(0, 1))
+
+    def abort_job(
+        self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
+    ) -> dict:
+        return self.run_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+
+    async def aabort_job(
+        self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
+    ) -> dict:
+        return await self.arun_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+
+    def cancel_job(
+        self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
+    ) -> dict:
+        return self.run_cli(commands.job_stop("cancel", run_key, job_id, reason=reason, grace=grace))
+
+    def unlock_job(self, run_key: str, *, reason: str | None = None, ttl: str | None = None) -> dict:
+        return self.run_cli(commands.job_unlock(run_key, reason=reason, ttl=ttl))
+
+    def rerun_job(self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None) -> dict:
+        # Every rerun is a new execution: never resent after it may have arrived.
+        return self.run_cli(commands.job_rerun(run_key, job_id, reason=reason), resend_safe=False)
+
+    def job_logs(self, run_key: str | None = None, job_id: str | None = None, *, stream: str = "stdout") -> bytes:
+        """Raw log bytes of a job's stdout or stderr."""
+        argv = commands.job_logs(run_key, job_id, stream=stream)
+        transport = self.get_conn()
+        self._ensure_compatible(transport)
+        result = transport.run(argv, timeout=300)
+        if result.exit_code != 0:
+            check_result(argv, result, transport.host_id)
+        return result.stdout
+
+    # ---------------------------------------------------------- reservations
+    def reserve(
+        self,
+        run_key: str,
+        command: str | Sequence[str],
+        *,
+        not_before: datetime | str | int | float | None = None,
+        expires_at: datetime | str | int | float | None = None,
+        metadata: Mapping | None = None,
+        start_options: Sequence[str] = (),
+    ) -> dict:
+        """Store a reservation (idempotent per run key); the host dispatches it at/after ``not_before``."""
+        argv = commands.reserve(
+            run_key, command, not_before=not_before, expires_at=expires_at, metadata=metadata,
+            start_options=start_options,
+        )  # fmt: skip
+        return self.run_cli(argv)
+
+    def reservation_status(
+        self, run_key: str | None = None, reservation_id: str | None = None, *, include_job: bool = False
+    ) -> dict:
+        return self.run_cli(commands.reservation_status(run_key, reservation_id, include_job=include_job))
+
+    async def areservation_status(
+        self, run_key: str | None = None, reservation_id: str | None = None, *, include_job: bool = False
+    ) -> dict:
+        return await self.arun_cli(commands.reservation_status(run_key, reservation_id, include_job=include_job))
+
+    def reservation_result(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
+        return self.run_cli(commands.reservation_result(run_key, reservation_id), ok_codes=(0, 1))
+
+    def cancel_reservation(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
+        return self.run_cli(commands.reservation_cancel(run_key, reservation_id))
+
+    # ------------------------------------------------------------------ flows
+    def start_flow(self, run_key: str, definition: Mapping | str, *, detach: bool = True) -> dict:
+        """Start (or resume) a flow run; a dict/JSON/YAML definition is sent on stdin."""
+        text = definition if isinstance(definition, str) else json.dumps(dict(definition))
+        return self.run_cli(commands.flow_start(run_key, flow_file="-", detach=detach), stdin=text.encode())
+
+    def start_flow_file(self, run_key: str, path_on_host: str, *, detach: bool = True) -> dict:
+        return self.run_cli(commands.flow_start(run_key, flow_file=path_on_host, detach=detach))
+
+    def flow_status(self, run_key: str) -> dict:
+        return self.run_cli(commands.flow_status(run_key))
+
+    async def aflow_status(self, run_key: str) -> dict:
+        return await self.arun_cli(commands.flow_status(run_key))
+
+    def cancel_flow(self, run_key: str, *, grace: float | None = None) -> dict:
+        return self.run_cli(commands.flow_cancel(run_key, grace=grace))
+
+    async def acancel_flow(self, run_key: str, *, grace: float | None = None) -> dict:
+        return await self.arun_cli(commands.flow_cancel(run_key, grace=grace))
+
+    def repair_flow(self, run_key: str, *, detach: bool = True) -> dict:
+        return self.run_cli(commands.flow_repair(run_key, detach=detach))

@@ -1,0 +1,91 @@
+"""Pure unit tests: command lines, quoting and run keys (no host needed)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_provider_orchesjob.hooks import commands
+from airflow_provider_orchesjob.utils.run_key import MAX_LEN, run_key_for
+
+NASTY = ["a;b", "$(touch /tmp/x)", "`id`", "it's", 'say "hi"', "line1\nline2", "*.py", "ünïcödé ✓", "-n", "--", ""]
+
+
+def test_job_start_argv():
+    argv = commands.job_start("k", ["echo", "hi"], cwd="/srv", env={"A": "1", "B": "x y"}, timeout=90, start_timeout=5)
+    assert argv == [
+        "orchesjob", "start", "--run-key", "k", "--reuse-policy", "failed-only", "--start-timeout", "5",
+        "--cwd", "/srv", "--env", "A=1", "--env", "B=x y", "--timeout", "90", "--", "echo", "hi",
+    ]  # fmt: skip
+    assert commands.job_start("k", "echo $HOME")[-3:] == ["/bin/sh", "-c", "echo $HOME"]
+
+
+@pytest.mark.parametrize("bad", [dict(command=[]), dict(command=""), dict(env={"A=B": "1"}), dict(run_key="a\x00b")])
+def test_job_start_rejects_bad_input(bad):
+    kwargs = {"run_key": "k", "command": ["true"], **bad}
+    with pytest.raises(ValueError):
+        commands.job_start(kwargs.pop("run_key"), kwargs.pop("command"), **kwargs)
+
+
+def test_selectors_need_exactly_one():
+    with pytest.raises(ValueError):
+        commands.job_status()
+    with pytest.raises(ValueError):
+        commands.job_status("k", "id")
+    assert commands.reservation_status(reservation_id="r") == ["orchesjob-reserver", "status", "--reservation-id", "r"]
+
+
+def test_time_arguments():
+    aware = datetime(2026, 5, 4, 3, 0, tzinfo=timezone(timedelta(hours=9)))
+    assert commands.time_arg(aware) == "2026-05-04T03:00:00+09:00"
+    assert commands.time_arg(1777831200) == "1777831200"
+    assert commands.time_arg("2026-05-04T03:00:00Z") == "2026-05-04T03:00:00Z"
+    with pytest.raises(ValueError, match="naive"):
+        commands.time_arg(datetime(2026, 5, 4))
+
+
+def test_reserve_argv_carries_metadata_and_options():
+    argv = commands.reserve("r", ["x"], not_before=5, metadata={"dag_id": "d"}, start_options=["--strict"])
+    assert argv[:6] == ["orchesjob-reserver", "reserve", "--run-key", "r", "--not-before", "5"]
+    assert '{"dag_id": "d"}' in argv and "--orchesjob-start-option=--strict" in argv
+
+
+@pytest.mark.parametrize("word", NASTY)
+def test_remote_command_line_round_trips_through_a_real_shell(word):
+    argv = ["printf", "%s\\0", word, f"x{word}y"]
+    line = commands.remote_command_line(argv, env={"ORCHESJOB_HOME": "/h o/$(x)"})
+    out = subprocess.run(["/bin/sh", "-c", line.replace("exec ", "", 1)], capture_output=True)
+    assert out.stdout.split(b"\0")[:-1] == [word.encode(), f"x{word}y".encode()]
+
+
+def test_remote_command_line_path_and_bin_dir():
+    line = commands.remote_command_line(["orchesjob", "info"])
+    assert line == 'PATH="$HOME/.local/bin:$PATH"; export PATH; exec orchesjob info'
+    line = commands.remote_command_line(["orchesjob", "info"], bin_dir="/opt/edge bin/", env={"ORCHESJOB_HOME": "/x"})
+    assert line == "export ORCHESJOB_HOME=/x; exec '/opt/edge bin/orchesjob' info"
+    assert shlex.split(line)[-2:] == ["/opt/edge bin/orchesjob", "info"]
+    with pytest.raises(ValueError):
+        commands.remote_command_line(["orchesjob"], env={"BAD-NAME": "x"})
+
+
+def test_run_key_plain_and_stable():
+    key = run_key_for("etl", "load", "scheduled__2026-05-02T00:00:00+00:00")
+    assert key == "af:etl:load:scheduled__2026-05-02T00:00:00+00:00"
+    assert run_key_for("etl", "load", "r", 3) == "af:etl:load:r:3"
+    assert run_key_for("etl", "load", "r", None) == run_key_for("etl", "load", "r", -1) == "af:etl:load:r"
+
+
+def test_run_key_unsafe_characters_are_hashed_without_collisions():
+    a = run_key_for("d", "t x", "r")
+    b = run_key_for("d", "t_x", "r")
+    assert a != b and a.startswith("af:d:t_x:r~") and b == "af:d:t_x:r"
+    assert all(c.isalnum() or c in "._:+@=-~" for c in run_key_for("d;$(x)", "t\n", "r é"))
+
+
+def test_run_key_is_bounded():
+    long_a = run_key_for("d" * 300, "t", "r")
+    long_b = run_key_for("d" * 299 + "e", "t", "r")
+    assert len(long_a) == MAX_LEN and long_a != long_b

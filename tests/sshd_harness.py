@@ -1,0 +1,239 @@
+"""A real OpenSSH server on loopback for integration tests and benchmarks.
+
+* a dedicated unprivileged user (created if missing; needs root),
+* an sshd on 127.0.0.1 at an ephemeral port with its own host key, key-only auth,
+  VERBOSE logging to a file (so tests can count connections and sessions),
+* a client key pair and a real known_hosts file,
+* the edge runtime pipx-installed for that user from a wheel of this checkout
+  (so it lands in ~/.local/bin, which non-interactive SSH does not put on PATH).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_USER = os.environ.get("ORCHESJOB_TEST_SSH_USER", "orchesjob-it")
+
+
+def find_sshd() -> str | None:
+    return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/bin/sshd") if os.path.exists(p)), None)
+
+
+def missing_parts() -> list[str]:
+    """What this machine lacks to run the harness (empty list = ready)."""
+    missing = []
+    if find_sshd() is None:
+        missing.append("openssh-server (sshd)")
+    if shutil.which("ssh-keygen") is None:
+        missing.append("ssh-keygen")
+    if shutil.which("pipx") is None:
+        missing.append("pipx")
+    if os.geteuid() != 0:
+        missing.append("root (to create the test user)")
+    return missing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return p
+
+
+def _sbin(tool: str) -> str:
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or tool
+
+
+def ensure_user(name: str = TEST_USER) -> pwd.struct_passwd:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        _run([_sbin("useradd"), "--create-home", "--shell", "/bin/sh", name])
+    # "!" (locked) makes sshd refuse key logins without PAM; "*" = no password, not locked.
+    _run([_sbin("usermod"), "-p", "*", name])
+    return pwd.getpwnam(name)
+
+
+def build_wheel(dest: str) -> str:
+    os.makedirs(dest, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", dest, ROOT])
+    wheels = sorted(f for f in os.listdir(dest) if f.endswith(".whl"))
+    os.chmod(dest, 0o755)
+    for f in wheels:
+        os.chmod(os.path.join(dest, f), 0o644)
+    return os.path.join(dest, wheels[-1])
+
+
+def as_user(user: pwd.struct_passwd, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    return _run([_sbin("runuser"), "-u", user.pw_name, "--", *argv], env=env, cwd="/", **kw)
+
+
+def pipx_install(user: pwd.struct_passwd, wheel: str) -> None:
+    # pip needs PyYAML from the index; --force reinstalls the checkout's current code.
+    as_user(user, ["pipx", "install", "--force", wheel], timeout=600)
+
+
+@dataclass
+class SSHServer:
+    workdir: str
+    user: str
+    home: str
+    port: int
+    key_file: str
+    known_hosts: str
+    host_key_line: str  # "ssh-ed25519 AAAA..."
+    log_file: str
+    process: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def create(cls, workdir: str, *, install_runtime: bool = True) -> SSHServer:
+        os.makedirs(workdir, exist_ok=True)
+        os.chmod(workdir, 0o755)
+        user = ensure_user()
+        for name in ("host_ed25519", "client_ed25519"):
+            path = os.path.join(workdir, name)
+            if not os.path.exists(path):
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path, "-C", name])
+        auth = os.path.join(workdir, "authorized_keys")
+        shutil.copy(os.path.join(workdir, "client_ed25519.pub"), auth)
+        os.chmod(auth, 0o644)
+        with open(os.path.join(workdir, "host_ed25519.pub")) as f:
+            host_key_line = " ".join(f.read().split()[:2])
+        port = free_port()
+        known_hosts = os.path.join(workdir, "known_hosts")
+        with open(known_hosts, "w") as f:
+            f.write(f"[127.0.0.1]:{port} {host_key_line}\n")
+        server = cls(
+            workdir=workdir,
+            user=user.pw_name,
+            home=user.pw_dir,
+            port=port,
+            key_file=os.path.join(workdir, "client_ed25519"),
+            known_hosts=known_hosts,
+            host_key_line=host_key_line,
+            log_file=os.path.join(workdir, "sshd.log"),
+        )
+        if install_runtime:
+            # Outside the (root-only) pytest tmp dir: the test user must read the wheel.
+            wheels = tempfile.mkdtemp(prefix="orchesjob-wheel-")
+            try:
+                pipx_install(user, build_wheel(wheels))
+            finally:
+                shutil.rmtree(wheels, ignore_errors=True)
+        server.start()
+        return server
+
+    def config_text(self) -> str:
+        return "\n".join(
+            [
+                f"Port {self.port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {self.workdir}/host_ed25519",
+                f"PidFile {self.workdir}/sshd.pid",
+                f"AuthorizedKeysFile {self.workdir}/authorized_keys",
+                f"AllowUsers {self.user}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                # The key files live under /tmp (world-writable): relax the path check only.
+                "StrictModes no",
+                "LogLevel VERBOSE",
+                "MaxStartups 200:30:400",
+                "MaxSessions 64",
+                "ClientAliveInterval 0",
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation directory
+        config = os.path.join(self.workdir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(self.config_text())
+        self.process = subprocess.Popen(
+            [find_sshd(), "-D", "-f", config, "-E", self.log_file], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.process.stderr.read().decode()} {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        # Leftover jobs of the test user (supervisors are detached by design).
+        subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_file, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log()))
+
+    def connections(self) -> int:
+        """Connections authenticated so far (one 'Accepted publickey' line each)."""
+        return self.count(r"Accepted publickey for ")
+
+    def sessions(self) -> int:
+        """Command sessions started so far."""
+        return self.count(r"Starting session: command ")
+
+    def kill_sessions(self) -> int:
+        """SIGKILL the per-connection sshd processes: every open connection drops."""
+        out = subprocess.run(["pgrep", "-f", f"sshd: {self.user}"], capture_output=True, text=True).stdout.split()
+        for pid in out:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(out)
+
+    def connection_extra(self, **overrides) -> dict:
+        extra = {"key_file": self.key_file, "known_hosts": self.known_hosts, "conn_timeout": 10}
+        extra.update(overrides)
+        return extra
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess:
+        """Run a command over the real ssh client (for checks on the host side)."""
+        return subprocess.run(
+            ["ssh", "-p", str(self.port), "-i", self.key_file, "-o", f"UserKnownHostsFile={self.known_hosts}",
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{self.user}@127.0.0.1", command],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
