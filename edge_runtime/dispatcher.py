@@ -37,13 +37,18 @@ import select
 import signal
 import sys
 import time
-from typing import Any, TextIO
 
 from .errors import LockError, OrchesError
 from .process import kill_point
 from .reservations import Reservations, lock_path, wake_path
-from .reserver_client import JobClient
 from .timefmt import iso_utc, now
+
+# typing costs ~2 ms of start-up; annotations are strings anyway.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    from .jobclient import JobClient
 
 # Crash-test points (``ORCHESJOB_TEST_KILL_AT=<name>``, see process.kill_point).
 # With in-process dispatch the job layer's own points apply too:

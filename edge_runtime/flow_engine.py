@@ -38,6 +38,7 @@ from typing import Any
 from . import flow_expr, process
 from .errors import InvalidState, NotFound, OrchesError
 from .flow_definition import FlowDefinition, Step, from_snapshot
+from .jobclient import start_options
 from .schema import FLOW_MIGRATIONS, FLOW_TERMINAL, STEP_TERMINAL
 from .store import Store
 
@@ -304,7 +305,7 @@ class FlowStore:
             key = step_run_key(run_key, r["step_id"], r["attempt_no"])
             job: dict[str, Any] | None
             try:
-                job = client.abort(key, "orchesjob-flow cancelled", grace)
+                job = client.abort(key, reason="orchesjob-flow cancelled", grace=grace)
             except OrchesError:
                 # Already finished, or never started: record what the job layer knows.
                 try:
@@ -569,8 +570,7 @@ class Advancer:
             job = self.client.start(
                 step.command,
                 key,
-                strict=step.strict,
-                start_timeout=step.start_timeout_sec,
+                start_options(strict=step.strict, start_timeout=step.start_timeout_sec),
                 cwd=step.cwd or workdir,
                 env=step.env,
             )
@@ -583,7 +583,7 @@ class Advancer:
         if not self._still_running() and job.get("status") not in JOB_TERMINAL:
             # Cancelled while we were starting it: cancel could not see this job yet.
             try:
-                job = self.client.abort(key, "orchesjob-flow cancelled", None)
+                job = self.client.abort(key, reason="orchesjob-flow cancelled")
             except OrchesError:
                 pass
         self._record(step, attempt, job)
@@ -608,7 +608,7 @@ class Advancer:
             and time.time() - r["started_at"] > step.timeout_sec
         ):
             try:
-                job = self.client.abort(key, "orchesjob-flow step timeout", TIMEOUT_ABORT_GRACE)
+                job = self.client.abort(key, reason="orchesjob-flow step timeout", grace=TIMEOUT_ABORT_GRACE)
             except OrchesError:
                 pass
             self._attempt_failed(step, attempt, f"step timeout exceeded: {step.timeout_sec:g}s", job)

@@ -465,6 +465,36 @@ class Jobs:
         judged = (self._judge(r) for r in rows)
         return [job_json(r) for r in judged if r["status"] in ACTIVE_JOB_STATUSES]
 
+    def first_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
+        """The status of the first job of ``run_key`` started at or after ``since``, if any.
+
+        The job row is committed before its supervisor exists, with a
+        ``started_at`` taken after the caller recorded ``since``: this finds a job
+        whose start the caller lost track of (crash, error after the claim).
+        """
+        row = self.store.one(
+            "SELECT job_id FROM jobs WHERE run_key = ? AND started_at >= ? ORDER BY attempt_no LIMIT 1",
+            (run_key, since),
+        )
+        return None if row is None else self.status(job_id=row["job_id"])
+
+    def supervisors(self, job_ids: Iterable[str]) -> list[tuple[int, int, str]] | None:
+        """Identities (pid, start time, boot id) of the recorded supervisors of active jobs.
+
+        None when one of ``job_ids`` is unknown or no longer STARTING/RUNNING (nothing
+        to wait for). A job whose supervisor is not recorded yet has no entry.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.store.all(
+            f"SELECT status, worker_pid, worker_start, boot_id FROM jobs WHERE job_id IN ({marks})", ids
+        )
+        if len(rows) < len(set(ids)) or any(r["status"] not in ACTIVE_JOB_STATUSES for r in rows):
+            return None
+        return [(r["worker_pid"], r["worker_start"], r["boot_id"]) for r in rows if r["worker_pid"] is not None]
+
     def result(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
         """The terminal job; ``InvalidState`` while it is still active."""
         row = self._find(run_key, job_id)

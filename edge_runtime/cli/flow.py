@@ -188,10 +188,10 @@ def main(argv: list[str]) -> int:
         return 0
 
     from ..flow_engine import FlowStore
-    from ..jobclient import make_client
+    from ..jobclient import open_job_client
 
     flows = FlowStore(db_path(args))
-    client = make_client(args.orchesjob_bin)
+    client = open_job_client(args.orchesjob_bin)
     try:
         return _dispatch(args, flows, client)
     finally:

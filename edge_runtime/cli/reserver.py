@@ -1,7 +1,7 @@
 """``orchesjob-reserver``: reserve a job now, dispatch it on this host later.
 
 Thin CLI over ``edge_runtime.reservations`` (state), ``edge_runtime.dispatcher``
-(the ``run`` loop) and ``edge_runtime.reserver_client`` (how jobs are started).
+(the ``run`` loop) and ``edge_runtime.jobclient`` (how jobs are started).
 Imports beyond argparse/json happen inside ``main`` so that a remote poll
 (one process per call) starts fast.
 """
@@ -180,9 +180,9 @@ def main(argv: list[str]) -> int:
 
     def client() -> Any:
         # Only reserve/run/status --include-job/result/cancel need one.
-        from ..reserver_client import default_bin, open_job_client
+        from ..jobclient import open_job_client
 
-        return open_job_client(args.orchesjob_bin or default_bin())
+        return open_job_client(args.orchesjob_bin)
 
     options = list(args.orchesjob_start_option or [])
     res = Reservations(args.db)
@@ -275,7 +275,7 @@ def main(argv: list[str]) -> int:
 
 def _job_status(client: Any, row: Any) -> Any:
     try:
-        return client.status(row["job_id"])
+        return client.status(job_id=row["job_id"])
     except OrchesError as exc:
         # A job-level "not found" must not read as "reservation not found" (4).
         raise OrchesError(
