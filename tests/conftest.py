@@ -15,6 +15,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="orchesjob-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault(
+    "AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e", "dags")
+)
 BIN_DIR = os.path.dirname(sys.executable)
 
 
@@ -33,3 +36,18 @@ def cli_path(name: str) -> str:
     if not os.path.exists(path):
         path = shutil.which(name) or path
     return path
+
+
+@pytest.fixture(scope="session")
+def ssh_server():
+    """A real sshd on loopback with a pipx-installed runtime for a dedicated user (tests/sshd_harness.py)."""
+    from tests.sshd_harness import SSHServer, missing_parts
+
+    missing = missing_parts()
+    require(not missing, ", ".join(missing))
+    # Not under pytest's tmp dir (mode 0700): sshd reads authorized_keys as the test user.
+    workdir = tempfile.mkdtemp(prefix="orchesjob-sshd-")
+    server = SSHServer.create(workdir)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)

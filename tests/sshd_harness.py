@@ -127,7 +127,8 @@ class SSHServer:
         port = free_port()
         known_hosts = os.path.join(workdir, "known_hosts")
         with open(known_hosts, "w") as f:
-            f.write(f"[127.0.0.1]:{port} {host_key_line}\n")
+            # Two names for the same host, so fan-out tests can address "two" hosts.
+            f.write(f"[127.0.0.1]:{port} {host_key_line}\n[localhost]:{port} {host_key_line}\n")
         server = cls(
             workdir=workdir,
             user=user.pw_name,

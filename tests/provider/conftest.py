@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import uuid
 
 import pytest
 
-from tests.conftest import require
-from tests.sshd_harness import SSHServer, missing_parts
+from tests.sshd_harness import SSHServer
 
 CONN_ID = "orchesjob_it"
-
-
-@pytest.fixture(scope="session")
-def ssh_server():
-    missing = missing_parts()
-    require(not missing, ", ".join(missing))
-    # Not under pytest's tmp dir (mode 0700): sshd reads authorized_keys as the test user.
-    workdir = tempfile.mkdtemp(prefix="orchesjob-sshd-")
-    server = SSHServer.create(workdir)
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def set_connection(conn_id: str, server: SSHServer, **extra) -> str:

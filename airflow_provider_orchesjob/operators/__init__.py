@@ -1,0 +1,5 @@
+from airflow_provider_orchesjob.operators.flow import OrchesJobFlowOperator
+from airflow_provider_orchesjob.operators.job import OrchesJobStartOperator
+from airflow_provider_orchesjob.operators.reservation import OrchesJobReserveOperator
+
+__all__ = ["OrchesJobFlowOperator", "OrchesJobReserveOperator", "OrchesJobStartOperator"]

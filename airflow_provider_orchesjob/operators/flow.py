@@ -1,0 +1,90 @@
+"""``OrchesJobFlowOperator``: run an orchesjob-flow DAG of steps on one host, detached."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..compat import AirflowException
+from ..triggers.orchesjob import OrchesJobFlowTrigger
+from ..utils.run_key import run_key_from_context
+from .base import OrchesJobBaseOperator, tail
+
+
+class OrchesJobFlowOperator(OrchesJobBaseOperator):
+    """Start a flow run on the host under a retry-safe flow run key and wait for it.
+
+    Give exactly one of:
+
+    :param flow: the flow as a dict, or the name of a ``.yaml``/``.yml``/``.json`` file next to
+        the DAG (read through Airflow's template loading), or YAML/JSON text. Sent over stdin.
+    :param flow_path_on_host: a flow file that already lives on the host.
+    :param flow_run_key: templated; default derived from the task instance (a retry resumes
+        the same flow run: succeeded steps are not re-run).
+    :return: the final flow JSON (XCom).
+    """
+
+    template_fields: Sequence[str] = (*OrchesJobBaseOperator.template_fields, "flow", "flow_path_on_host",
+                                      "flow_run_key")  # fmt: skip
+    template_ext: Sequence[str] = (".yaml", ".yml", ".json")
+
+    def __init__(
+        self,
+        *,
+        flow: Mapping[str, Any] | str | None = None,
+        flow_path_on_host: str | None = None,
+        flow_run_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (flow is None) == (flow_path_on_host is None):
+            raise ValueError("give exactly one of flow or flow_path_on_host")
+        self.flow = flow
+        self.flow_path_on_host = flow_path_on_host
+        self.flow_run_key = flow_run_key
+
+    def execute(self, context: Any) -> Any:
+        run_key = self.flow_run_key or run_key_from_context(context)
+        self.flow_run_key = run_key
+        if self.flow_path_on_host:
+            started = self.hook.start_flow_file(run_key, self.flow_path_on_host)
+        else:
+            definition = self.flow if isinstance(self.flow, str) else json.dumps(self.flow)
+            started = self.hook.start_flow(run_key, definition)
+        self.log.info("flow %s run %s: %s (%d steps)", started.get("flow_id"), run_key, started.get("status"),
+                      len(started.get("steps", [])))  # fmt: skip
+        if started.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return self.finish(started)
+        self.defer(
+            trigger=OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs()),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self.raise_for_event(event)
+        return self.finish(event["flow"])
+
+    def finish(self, flow: dict[str, Any]) -> Any:
+        if flow["status"] == "SUCCEEDED":
+            return flow
+        failed = [s for s in flow.get("steps", []) if s["status"] in ("FAILED", "CANCELLED")]
+        lines = [f"flow {flow.get('flow_id')} run {flow.get('run_key')} ended {flow['status']}"]
+        for step in failed:
+            lines.append(
+                f"- step {step['id']} {step['status']} (attempt {step.get('attempt_no')}): {step.get('error')}"
+            )
+            try:
+                err = self.hook.job_logs(run_key=step["run_key"], stream="stderr")[-4096:].decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the step may never have started
+                err = ""
+            if err.strip():
+                lines.append("  " + tail(err).replace("\n", "\n  "))
+        raise AirflowException("\n".join(lines))
+
+    def on_kill(self) -> None:
+        if self.abort_on_kill and self.flow_run_key:
+            try:
+                self.hook.cancel_flow(self.flow_run_key, grace=self.kill_grace)
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("could not cancel flow %s: %s", self.flow_run_key, exc)

@@ -1,0 +1,90 @@
+"""``OrchesJobReserveOperator``: reserve a job now; the host dispatches it at/after ``not_before``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..compat import AirflowException
+from ..triggers.orchesjob import OrchesJobReservationTrigger
+from ..utils.run_key import run_key_from_context
+from .job import OrchesJobStartOperator
+
+
+class OrchesJobReserveOperator(OrchesJobStartOperator):
+    """Store a reservation on the host (idempotent per run key) and optionally wait for its job.
+
+    The host's ``orchesjob-reserver run`` dispatcher starts the job at or after
+    ``not_before`` even if Airflow cannot reach the host at that moment.
+
+    :param not_before: templated; datetime (timezone-aware), ISO 8601 string or epoch seconds.
+    :param expires_at: templated; the reservation expires if not dispatched by then.
+    :param metadata: stored with the reservation; defaults to the dag/task/run ids.
+    :param start_options: extra ``orchesjob start`` options for the dispatch (e.g. ``["--timeout", "2h"]``).
+    :param wait_for_completion: defer until the dispatched job finishes, then behave like
+        :class:`OrchesJobStartOperator` (logs, XCom = final job JSON, failure with stderr tail).
+    :return: the reservation JSON, or the final job JSON when waiting.
+    """
+
+    template_fields: Sequence[str] = (*OrchesJobStartOperator.template_fields, "not_before", "expires_at", "metadata")
+
+    def __init__(
+        self,
+        *,
+        not_before: datetime | str | int | float | None = None,
+        expires_at: datetime | str | int | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        start_options: Sequence[str] = (),
+        wait_for_completion: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.not_before = not_before
+        self.expires_at = expires_at
+        self.metadata = metadata
+        self.start_options = list(start_options)
+        self.wait_for_completion = wait_for_completion
+
+    def _start_options(self) -> list[str]:
+        options = ["--reuse-policy", self.reuse_policy, *self.start_options]
+        if self.cwd:
+            options += ["--cwd", self.cwd]
+        for key, value in (self.env or {}).items():
+            options += ["--env", f"{key}={value}"]
+        if self.timeout:
+            options += ["--timeout", f"{self.timeout:g}"]
+        return options
+
+    def execute(self, context: Any) -> Any:
+        run_key = self.run_key or run_key_from_context(context)
+        self.run_key = run_key
+        ti = context["ti"]
+        metadata = self.metadata or {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+                                     "map_index": getattr(ti, "map_index", -1)}  # fmt: skip
+        out = self.hook.reserve(
+            run_key, self.command, not_before=self.not_before, expires_at=self.expires_at, metadata=metadata,
+            start_options=self._start_options(),
+        )  # fmt: skip
+        res = out["reservation"]
+        self.log.info(
+            "%s reservation %s (run key %s): %s, not before %s",
+            "created" if out["created"] else "found existing", res["reservation_id"], run_key,
+            res["reservation_status"], res.get("not_before_iso") or "now",
+        )  # fmt: skip
+        if not self.wait_for_completion:
+            return res
+        trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=res.get("job_id"),
+                                              **self.trigger_kwargs())  # fmt: skip
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_complete")
+        raise AirflowException("wait_for_completion needs deferrable=True")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if event.get("status") == "reservation_ended":
+            res = event["reservation"]
+            raise AirflowException(
+                f"reservation {res['reservation_id']} ended {res['reservation_status']} without a job"
+                + (f": {res['last_error']}" if res.get("last_error") else "")
+            )
+        return super().execute_complete(context, event)

@@ -1,0 +1,71 @@
+"""Every example DAG imports cleanly and runs end to end against the real host."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.conftest import BIN_DIR
+
+from .conftest import load_dag
+
+EXAMPLES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "example_dags")
+
+
+def host_status(ssh_server, edge_home, *args):
+    r = ssh_server.ssh(f"ORCHESJOB_HOME={edge_home} ~/.local/bin/orchesjob status " + " ".join(args))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_example_dags_import_without_errors(airflow_db):
+    from airflow.models.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.path.abspath(EXAMPLES_DIR))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) >= {
+        "example_orchesjob_job", "example_orchesjob_reservation", "example_orchesjob_flow",
+        "example_orchesjob_fanout", "example_orchesjob_sensor",
+    }  # fmt: skip
+
+
+def test_job_example(e2e_conn, ssh_server, edge_home):
+    dr = load_dag("example_orchesjob_job").test()
+    assert dr.state == "success"
+    running = host_status(ssh_server, edge_home, "--running")
+    assert running == []
+    ti = dr.get_task_instance("nightly_import")
+    key = f"af:example_orchesjob_job:nightly_import:{dr.run_id}"
+    history = host_status(ssh_server, edge_home, "--run-key", f"'{key}'", "--all")
+    assert [j["status"] for j in history] == ["SUCCEEDED"], "exactly one execution on the host"
+    assert ti.state == "success"
+
+
+def test_flow_example(e2e_conn, ssh_server, edge_home):
+    dr = load_dag("example_orchesjob_flow").test()
+    assert dr.state == "success"
+
+
+def test_fanout_example(e2e_conn, monkeypatch):
+    monkeypatch.setenv("ORCHESJOB_EXAMPLE_HOSTS", "127.0.0.1,localhost")
+    dr = load_dag("example_orchesjob_fanout").test()
+    assert dr.state == "success"
+    assert sorted(ti.map_index for ti in dr.get_task_instances()) == [0, 1]
+
+
+def test_sensor_example(e2e_conn):
+    dr = load_dag("example_orchesjob_sensor").test()
+    assert dr.state == "success"
+
+
+def test_reservation_example(e2e_conn, dispatcher, ssh_server, edge_home):
+    dr = load_dag("example_orchesjob_reservation").test()
+    assert dr.state == "success"
+
+
+def test_local_transport_needs_no_ssh(airflow_db, monkeypatch, tmp_path):
+    monkeypatch.delenv("ORCHESJOB_EXAMPLE_SSH_CONN_ID", raising=False)
+    monkeypatch.setenv("ORCHESJOB_HOME", str(tmp_path / "local-home"))
+    monkeypatch.setenv("PATH", BIN_DIR + os.pathsep + os.environ["PATH"])
+    dr = load_dag("example_orchesjob_job").test()
+    assert dr.state == "success"
