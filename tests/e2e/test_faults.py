@@ -1,0 +1,104 @@
+"""Fault tests: the exactly-once promise seen from Airflow, against the real host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+from airflow_provider_orchesjob.hooks import OrchesJobHook
+from airflow_provider_orchesjob.triggers import OrchesJobTrigger
+
+from .conftest import CONN_ID, load_dag
+
+
+def run_job_dag(command: str, run_key: str):
+    return load_dag("e2e_job").test(run_conf={"command": command, "run_key": run_key})
+
+
+def host_lines(ssh_server, path: str) -> list[str]:
+    r = ssh_server.ssh(f"cat {path} 2>/dev/null")
+    return r.stdout.splitlines()
+
+
+def test_retry_after_first_try_died_before_deferring_reattaches(e2e_conn, ssh_server, edge_home):
+    counter = f"{edge_home}/executions"
+    command = f"echo run >> {counter}; sleep 2; echo finished"
+    run_key = f"reattach-{uuid.uuid4().hex[:8]}"
+    # The first try got as far as starting the remote job, then its worker died.
+    first = OrchesJobHook(CONN_ID).start_job(run_key, command)
+    assert first["accepted"]
+    dr = run_job_dag(command, run_key)  # the next try
+    assert dr.state == "success"
+    xcom = dr.get_task_instance("job").xcom_pull(task_ids="job")
+    assert xcom["job_id"] == first["job_id"], "the retry reattached to the first try's job"
+    assert host_lines(ssh_server, counter) == ["run"], "exactly one execution on the host"
+
+
+def test_retry_after_success_adopts_result(e2e_conn, ssh_server, edge_home):
+    counter = f"{edge_home}/adopt"
+    command = f"echo run >> {counter}"
+    run_key = f"adopt-{uuid.uuid4().hex[:8]}"
+    assert OrchesJobHook(CONN_ID).start_job(run_key, command, sync=True)["status"] == "SUCCEEDED"
+    assert run_job_dag(command, run_key).state == "success"
+    assert host_lines(ssh_server, counter) == ["run"]
+
+
+def test_ssh_drop_while_deferred_reconnects_and_succeeds(e2e_conn, ssh_server, edge_home):
+    run_key = f"drop-{uuid.uuid4().hex[:8]}"
+    before = ssh_server.connections()
+    killed = []
+
+    def drop_later():
+        time.sleep(1.5)
+        killed.append(ssh_server.kill_sessions())
+
+    t = threading.Thread(target=drop_later)
+    t.start()
+    dr = run_job_dag("for i in 1 2 3 4; do echo tick $i; sleep 1; done", run_key)
+    t.join()
+    assert killed and killed[0] >= 1, "a live SSH session was killed server-side"
+    assert dr.state == "success"
+    assert ssh_server.connections() - before >= 2, "the trigger had to reconnect"
+
+
+def test_failed_remote_job_fails_task_with_stderr_tail(e2e_conn, capfd, caplog):
+    run_key = f"fail-{uuid.uuid4().hex[:8]}"
+    dr = run_job_dag("echo working; echo 'boom: disk full' >&2; exit 3", run_key)
+    assert dr.state == "failed"
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "ended FAILED with exit code 3" in text
+    assert "last lines of stderr" in text and "boom: disk full" in text
+
+
+def test_killing_a_deferred_task_aborts_the_remote_job(e2e_conn, ssh_server, edge_home):
+    hook = OrchesJobHook(CONN_ID)
+    job = hook.start_job(f"kill-{uuid.uuid4().hex[:8]}", ["sleep", "60"])
+    trigger = OrchesJobTrigger(
+        ssh_conn_id=CONN_ID, run_key=job["run_key"], job_id=job["job_id"], poll_interval=0.2, kill_grace=1
+    )
+    # What the triggerer does when a user marks the deferred task failed (Airflow 3.3):
+    # cancel the trigger's run() and call on_kill().
+
+    async def scenario():
+        task = asyncio.ensure_future(trigger.run().__anext__())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await trigger.on_kill()
+
+    asyncio.run(scenario())
+    final = hook.job_status(job_id=job["job_id"])
+    assert final["status"] == "ABORTED" and "killed by a user" in final["abort_reason"]
+
+
+def test_trigger_serializes_all_state(e2e_conn):
+    trigger = OrchesJobTrigger(ssh_conn_id=CONN_ID, run_key="k", job_id="j", stdout_offset=10, stderr_offset=3)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_orchesjob.triggers.orchesjob.OrchesJobTrigger"
+    json.dumps(kwargs)  # plain JSON types only
+    again = OrchesJobTrigger(**kwargs)
+    assert again.serialize() == (path, kwargs)
+    assert kwargs["stdout_offset"] == 10 and kwargs["stderr_offset"] == 3
