@@ -41,7 +41,7 @@ import time
 from .errors import LockError, OrchesError
 from .process import kill_point
 from .reservations import Reservations, lock_path, wake_path
-from .timefmt import iso_utc, now
+from .timefmt import epoch_value, iso_utc, now
 
 # typing costs ~2 ms of start-up; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -208,13 +208,7 @@ class Dispatcher:
         for row in self.res.expire_due(now()):
             self.log(
                 "reservation_expired",
-                reservation_id=row["reservation_id"],
-                run_key=row["run_key"],
-                reservation_status=row["status"],
-                command=json.loads(row["command"]),
-                not_before=_num(row["not_before"]),
-                expires_at=_num(row["expires_at"]),
-                created_at=int(row["created_at"]),
+                **_reservation_fields(row),
                 updated_at=int(row["updated_at"]),
                 last_error=row["last_error"],
             )
@@ -228,16 +222,7 @@ class Dispatcher:
     def _log_accepted(self) -> None:
         for row in self.res.created_since(self._seen_seq):
             self._seen_seq = row["seq"]
-            self.log(
-                "reservation_accepted",
-                reservation_id=row["reservation_id"],
-                run_key=row["run_key"],
-                reservation_status=row["status"],
-                command=json.loads(row["command"]),
-                not_before=_num(row["not_before"]),
-                expires_at=_num(row["expires_at"]),
-                created_at=int(row["created_at"]),
-            )
+            self.log("reservation_accepted", **_reservation_fields(row))
 
     def _sleep(self, seconds: float | None = None) -> None:
         """Sleep until something may be due, a wake-up byte, a signal, or the poll interval."""
@@ -330,8 +315,14 @@ class Dispatcher:
                 )
 
 
-def _num(ts: float | None) -> float | int | None:
-    """Epoch as int when whole (as the spec shows), else with its fraction."""
-    if ts is None:
-        return None
-    return int(ts) if ts == int(ts) else round(ts, 6)
+def _reservation_fields(row: Any) -> dict[str, Any]:
+    """What every reservation event says about the reservation."""
+    return {
+        "reservation_id": row["reservation_id"],
+        "run_key": row["run_key"],
+        "reservation_status": row["status"],
+        "command": json.loads(row["command"]),
+        "not_before": epoch_value(row["not_before"]),
+        "expires_at": epoch_value(row["expires_at"]),
+        "created_at": int(row["created_at"]),
+    }

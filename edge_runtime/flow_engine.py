@@ -190,7 +190,7 @@ class FlowStore:
 
         Returns ``created``, ``resumed`` or ``replaced``.
         """
-        from .jobs import validate_run_key
+        from .store import validate_run_key
 
         validate_run_key(run_key)
         sha = defn.sha256()

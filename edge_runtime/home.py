@@ -56,6 +56,16 @@ def flow_db_path() -> str:
     return os.path.join(flow_home(), FLOW_DB_NAME)
 
 
+def logs_dir(home: str) -> str:
+    """The log directory of a tool whose state lives in ``home``."""
+    return os.path.join(home, "logs")
+
+
+def log_files(directory: str, stem: str, suffix: str = "") -> tuple[str, str]:
+    """(stdout, stderr) log paths ``<directory>/<stem>.stdout<suffix>`` / ``.stderr<suffix>``."""
+    return (os.path.join(directory, f"{stem}.stdout{suffix}"), os.path.join(directory, f"{stem}.stderr{suffix}"))
+
+
 def describe() -> dict:
     """Resolved locations, for ``orchesjob info`` and ``--help`` epilogs."""
     return {

@@ -29,9 +29,9 @@ import time
 
 from . import process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
-from .home import jobs_db_path, jobs_home
+from .home import jobs_db_path, jobs_home, log_files, logs_dir
 from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
-from .store import Store
+from .store import Store, clean_selection, new_id, validate_run_key
 from .timefmt import now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -47,31 +47,11 @@ REUSE_FAILED_ONLY = "failed-only"  # new attempt only if the last did not SUCCEE
 REUSE_NEVER = "never"  # --strict: one execution per run key, ever
 REUSE_POLICIES = (REUSE_ALWAYS, REUSE_FAILED_ONLY, REUSE_NEVER)
 
-MAX_RUN_KEY_LEN = 1024
 DEFAULT_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # After a SIGKILL of the target group, how long the supervisor gets to record
 # the exit status before it is killed too.
 _SUPERVISOR_RECORD_GRACE = 2.0
-
-
-def _new_job_id() -> str:
-    # A random (version 4) UUID without importing uuid (saves start-up time).
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def validate_run_key(run_key: str) -> str:
-    if not run_key or not run_key.strip():
-        raise UsageError("--run-key must not be empty")
-    if len(run_key) > MAX_RUN_KEY_LEN:
-        raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
-    if "\x00" in run_key:
-        raise UsageError("--run-key must not contain NUL bytes")
-    return run_key
 
 
 def validate_job_id(job_id: str) -> str:
@@ -185,7 +165,7 @@ class Jobs:
     def __init__(self, home: str | None = None) -> None:
         self.home = home or jobs_home()
         self.db_path = jobs_db_path(self.home)
-        self.logs_dir = os.path.join(self.home, "logs")
+        self.logs_dir = logs_dir(self.home)
         self.store = Store(self.db_path, JOBS_MIGRATIONS)
 
     def close(self) -> None:
@@ -344,7 +324,7 @@ class Jobs:
             (run_key, t, t),
         )
         attempt = db.execute("SELECT attempts FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()[0]
-        job_id = _new_job_id()
+        job_id = new_id()
         claimer_pid, claimer_start = process.identity()
         try:
             db.execute(
@@ -367,8 +347,7 @@ class Jobs:
                     process.boot_id(),
                     claimer_pid,
                     claimer_start,
-                    os.path.join(self.logs_dir, job_id + ".stdout"),
-                    os.path.join(self.logs_dir, job_id + ".stderr"),
+                    *log_files(self.logs_dir, job_id),
                     rerun_of,
                     rerun_reason,
                     t,
@@ -654,25 +633,19 @@ class Jobs:
             row = self._find(job_id=job_id)
             if row["status"] in ACTIVE_JOB_STATUSES:
                 raise InvalidState(f"job {job_id} is still {row['status']}; only terminal jobs are cleaned")
-            where, params = "job_id = ?", [job_id]
         else:
             if before is None and after is None and not all_:
                 raise UsageError("choose what to clean: --before, --after, --all or --job-id")
             if all_ and (before is not None or after is not None):
                 raise UsageError("--all cannot be combined with --before/--after")
-            clauses, params = [], []
-            if before is not None:
-                clauses.append("finished_at < ?")
-                params.append(before)
-            if after is not None:
-                clauses.append("finished_at >= ?")
-                params.append(after)
-            if run_key is not None:
-                clauses.append("run_key = ?")
-                params.append(run_key)
-            where = " AND ".join(clauses) or "1"
-        where += " AND status IN ({})".format(",".join("?" * len(TERMINAL_JOB_STATUSES)))
-        params.extend(TERMINAL_JOB_STATUSES)
+        where, params = clean_selection(
+            "finished_at",
+            TERMINAL_JOB_STATUSES,
+            before=before,
+            after=after,
+            run_key=run_key,
+            **({"where": "job_id = ?", "params": [job_id]} if job_id is not None else {}),
+        )
         errors = 0
         with self.store.write() as db:
             rows = db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY finished_at, attempt_no", params).fetchall()

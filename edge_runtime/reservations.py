@@ -25,12 +25,11 @@ from typing import Any
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import reserver_db_path
 from .schema import RESERVATION_STATUSES, RESERVER_MIGRATIONS, TERMINAL_RESERVATION_STATUSES
-from .store import Store
-from .timefmt import now, with_iso
+from .store import Store, clean_selection, new_id, validate_run_key
+from .timefmt import epoch_value, now, with_iso
 
 DEFAULT_LIST_LIMIT = 50
 MAX_ERROR_LEN = 4000
-MAX_RUN_KEY_LEN = 1024
 PENDING_CANCELLABLE = ("RESERVED", "DISPATCH_FAILED", "EXPIRED")
 
 
@@ -44,15 +43,6 @@ class CannotCancel(InvalidState):
     """Cancellation is not possible in the reservation's (or its job's) state."""
 
     kind = "cannot_cancel"
-
-
-def _new_id() -> str:
-    # A random (version 4) UUID; os.urandom is cheaper to import than uuid.
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def wake_path(db_path: str) -> str:
@@ -90,8 +80,8 @@ def poke(db_path: str) -> None:
 def _epoch_out(out: dict[str, Any], name: str, ts: float | None, keep_fraction: bool = False) -> None:
     """``name`` + ``name_iso``; user-given instants keep their sub-second part."""
     with_iso(out, name, ts)
-    if keep_fraction and ts is not None and ts != int(ts):
-        out[name] = round(ts, 6)
+    if keep_fraction:
+        out[name] = epoch_value(ts)
 
 
 def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
@@ -111,16 +101,6 @@ def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
         _epoch_out(out, name, row[name])
     out["last_error"] = row["last_error"]
     return out
-
-
-def validate_run_key(run_key: str) -> str:
-    if not run_key or not run_key.strip():
-        raise UsageError("--run-key must not be empty")
-    if len(run_key) > MAX_RUN_KEY_LEN:
-        raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
-    if "\x00" in run_key:
-        raise UsageError("--run-key must not contain NUL bytes")
-    return run_key
 
 
 def parse_metadata(text: str | None) -> dict[str, Any] | None:
@@ -193,7 +173,7 @@ class Reservations:
                 "not_before, expires_at, created_at, updated_at) VALUES (?, ?, 'RESERVED', ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_key) DO NOTHING",
                 (
-                    _new_id(),
+                    new_id(),
                     run_key,
                     json.dumps(list(command)),
                     json.dumps(list(start_options)),
@@ -264,23 +244,20 @@ class Reservations:
                 before is not None or after is not None or all_ or run_key is not None
             ):
                 raise UsageError("--job-id and --reservation-id cannot be combined with other selection options")
-            where, params = ("job_id = ?", [job_id]) if job_id is not None else ("reservation_id = ?", [reservation_id])
+            by_id = ("job_id = ?", [job_id]) if job_id is not None else ("reservation_id = ?", [reservation_id])
         else:
             if before is None and after is None and not all_:
                 raise UsageError("choose what to clean: --all, --job-id, --reservation-id, --before or --after")
-            clauses, params = [], []
-            if before is not None:
-                clauses.append("updated_at < ?")
-                params.append(before)
-            if after is not None:
-                clauses.append("updated_at >= ?")
-                params.append(after)
-            if run_key is not None:
-                clauses.append("run_key = ?")
-                params.append(run_key)
-            where = " AND ".join(clauses) or "1"
-        where += " AND status IN ({})".format(",".join("?" * len(TERMINAL_RESERVATION_STATUSES)))
-        params.extend(TERMINAL_RESERVATION_STATUSES)
+            by_id = (None, [])
+        where, params = clean_selection(
+            "updated_at",
+            TERMINAL_RESERVATION_STATUSES,
+            before=before,
+            after=after,
+            run_key=run_key,
+            where=by_id[0],
+            params=by_id[1],
+        )
         with self.store.write() as db:
             rows = db.execute(f"SELECT * FROM reservations WHERE {where} ORDER BY updated_at, seq", params).fetchall()
             if rows and not dry_run:

@@ -16,9 +16,57 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import LockError, OrchesError
+from .errors import LockError, OrchesError, UsageError
 
 BUSY_TIMEOUT_S = 30.0
+MAX_RUN_KEY_LEN = 1024
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string; os.urandom is cheaper to import than uuid."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def validate_run_key(run_key: str) -> str:
+    """A run key every store accepts: non-blank, at most 1024 characters, no NUL."""
+    if not run_key or not run_key.strip():
+        raise UsageError("--run-key must not be empty")
+    if len(run_key) > MAX_RUN_KEY_LEN:
+        raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
+    if "\x00" in run_key:
+        raise UsageError("--run-key must not contain NUL bytes")
+    return run_key
+
+
+def clean_selection(
+    time_column: str,
+    statuses: Sequence[str],
+    *,
+    before: float | None,
+    after: float | None,
+    run_key: str | None,
+    where: str | None = None,
+    params: Sequence = (),
+) -> tuple[str, list]:
+    """The WHERE clause of a ``clean``: rows in one of ``statuses`` (the terminal ones).
+
+    ``where``/``params`` select one row by id; otherwise ``before`` (exclusive),
+    ``after`` (inclusive) on ``time_column`` and ``run_key`` narrow the set (none
+    of them = every terminal row, i.e. ``--all``).
+    """
+    if where is None:
+        clauses, values = [], []
+        for clause, value in ((f"{time_column} < ?", before), (f"{time_column} >= ?", after), ("run_key = ?", run_key)):
+            if value is not None:
+                clauses.append(clause)
+                values.append(value)
+        where, params = " AND ".join(clauses) or "1", values
+    marks = ",".join("?" * len(statuses))
+    return f"{where} AND status IN ({marks})", [*params, *statuses]
 
 
 class Store:

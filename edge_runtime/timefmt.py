@@ -34,6 +34,13 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
+def epoch_value(ts: float | None) -> float | int | None:
+    """Epoch as int when whole (as the spec shows), else with its fraction (microseconds)."""
+    if ts is None:
+        return None
+    return int(ts) if ts == int(ts) else round(ts, 6)
+
+
 def with_iso(out: dict, name: str, ts: float | None) -> None:
     """Set ``name`` (integer epoch seconds, as the spec shows) and ``name_iso``."""
     out[name] = None if ts is None else int(ts)
@@ -58,6 +65,11 @@ def parse_datetime(text: str, option: str = "datetime") -> float:
     if dt.tzinfo is None:
         dt = dt.astimezone()  # naive means host-local time, per the spec
     return dt.timestamp()
+
+
+def parse_optional_datetime(text: str | None, option: str) -> float | None:
+    """``parse_datetime`` for an option that may be left out (None or empty)."""
+    return parse_datetime(text, option) if text else None
 
 
 def parse_duration(text: str, option: str = "duration") -> float:

@@ -79,6 +79,41 @@ def run_cli(main: Callable[[list[str]], int], exit_codes: Mapping[str, int] | No
     sys.exit(code)
 
 
+def seconds_type(option: str, *, allow_zero: bool = True) -> Callable[[str], float]:
+    """An argparse ``type`` for a number of seconds (``> 0`` unless ``allow_zero``)."""
+
+    def parse(text: str) -> float:
+        from ..timefmt import parse_seconds
+
+        return parse_seconds(text, option, allow_zero=allow_zero)
+
+    return parse
+
+
+def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, all_: str, job_id: str) -> None:
+    """The selection options ``clean`` has in every CLI (help texts per tool)."""
+    p.add_argument("--before", metavar="DATETIME", help=before)
+    p.add_argument("--after", metavar="DATETIME", help=after)
+    p.add_argument("--all", action="store_true", help=all_)
+    p.add_argument("--job-id", metavar="ID", help=job_id)
+
+
+def clean_window(args: argparse.Namespace) -> dict[str, float | None]:
+    """``before``/``after`` keyword arguments of a ``clean`` from --before/--after."""
+    from ..timefmt import parse_optional_datetime
+
+    return {
+        "before": parse_optional_datetime(args.before, "--before"),
+        "after": parse_optional_datetime(args.after, "--after"),
+    }
+
+
+def write_text(text: str) -> None:
+    """Print non-JSON output (tables, graphs, examples) asked for explicitly."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
     """``KEY=VALUE`` strings (from repeatable --env) to a dict."""
     if not pairs:

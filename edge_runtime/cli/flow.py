@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UsageError
-from .common import Parser, emit, run_cli
+from .common import Parser, emit, run_cli, seconds_type, write_text
 
 DESCRIPTION = """\
 Daemonless local flow runner: runs a small dependency graph of commands, each
@@ -56,28 +56,6 @@ it is refused unless --replace-definition is given. FLOW_FILE may be - (stdin).
 """
 
 
-def _positive_float(option: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"{option}: expected a number, got {text!r}") from None
-        if not value > 0 or value != value:
-            raise UsageError(f"{option}: must be > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _nonneg_float(option: str):
-    def parse(text: str) -> float:
-        from ..timefmt import parse_seconds
-
-        return parse_seconds(text, option)
-
-    return parse
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="orchesjob-flow", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"orchesjob-flow {__version__}")
@@ -91,7 +69,7 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--poll-interval",
         metavar="SECONDS",
-        type=_positive_float("--poll-interval"),
+        type=seconds_type("--poll-interval", allow_zero=False),
         default=5.0,
         help="longest sleep of the flow loop (default 5.0); step completion wakes it at once",
     )
@@ -114,7 +92,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("watch", help="redisplay the state until the run finishes")
     p.add_argument("--run-key", metavar="KEY", required=True)
-    p.add_argument("--interval", type=_positive_float("--interval"), default=2.0, metavar="SECONDS")
+    p.add_argument("--interval", type=seconds_type("--interval", allow_zero=False), default=2.0, metavar="SECONDS")
     p.add_argument("--mode", choices=("screen", "append"), default="screen")
     p.add_argument("--no-clear", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
@@ -125,7 +103,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("cancel", help="cancel a run and abort its running steps")
     p.add_argument("--run-key", metavar="KEY", required=True)
-    p.add_argument("--grace-seconds", type=_nonneg_float("--grace-seconds"), default=None, metavar="SECONDS")
+    p.add_argument("--grace-seconds", type=seconds_type("--grace-seconds"), default=None, metavar="SECONDS")
 
     p = sub.add_parser(
         "repair",
@@ -177,14 +155,14 @@ def _exit_for(status: str) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "example":
-        sys.stdout.write(EXAMPLE_FLOW)
+        write_text(EXAMPLE_FLOW)
         return 0
     if args.cmd == "graph" and args.file:
         from ..flow_definition import load
         from ..flow_display import dot, mermaid
 
         defn, _ = load(args.file)
-        sys.stdout.write((mermaid if args.format == "mermaid" else dot)(defn))
+        write_text((mermaid if args.format == "mermaid" else dot)(defn))
         return 0
 
     from ..flow_engine import FlowStore
@@ -228,8 +206,7 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
         if args.format == "table":
             from ..flow_display import render_table
 
-            sys.stdout.write(render_table(payload))
-            sys.stdout.flush()
+            write_text(render_table(payload))
         else:
             emit(payload)
         return 0
@@ -243,7 +220,7 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
 
         payload = flows.payload(args.run_key)
         defn = flows.definition(flows.run_row(args.run_key))
-        sys.stdout.write((mermaid if args.format == "mermaid" else dot)(defn, payload))
+        write_text((mermaid if args.format == "mermaid" else dot)(defn, payload))
         return 0
     if cmd == "tick":
         from ..flow_engine import FLOW_TERMINAL, Advancer
@@ -286,9 +263,10 @@ def _run_or_detach(
         return _exit_for(status)
     flows.mark_running(args.run_key)
     holder = flows.holder(args.run_key)
-    logs_dir = os.path.join(os.path.dirname(flows.path), "logs")
-    stdout_log = os.path.join(logs_dir, f"orchesjob-flow-{safe_key(args.run_key)}.stdout.log")
-    stderr_log = os.path.join(logs_dir, f"orchesjob-flow-{safe_key(args.run_key)}.stderr.log")
+    from ..home import log_files, logs_dir
+
+    directory = logs_dir(os.path.dirname(flows.path))
+    stdout_log, stderr_log = log_files(directory, f"orchesjob-flow-{safe_key(args.run_key)}", ".log")
     if holder is not None:
         pid = holder[0]  # a live advancer already drives this run: do not start another
     else:
@@ -340,8 +318,7 @@ def _watch(args: argparse.Namespace, flows: Any, client: Any) -> int:
                 advancer.advance_once()
             payload = flows.payload(args.run_key)
             text = render_table(payload)
-            sys.stdout.write(text + "\n" if append else "\x1b[2J\x1b[H" + text)
-            sys.stdout.flush()
+            write_text(text + "\n" if append else "\x1b[2J\x1b[H" + text)
             if payload["status"] in FLOW_TERMINAL:
                 return _exit_for(payload["status"])
             if advancer is not None:

@@ -7,8 +7,8 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError
-from ..timefmt import parse_datetime, parse_duration, parse_seconds
-from .common import Parser, emit, parse_env_pairs, run_cli
+from ..timefmt import parse_duration, parse_seconds
+from .common import Parser, add_clean_options, clean_window, emit, parse_env_pairs, run_cli
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -139,10 +139,13 @@ def build_parser() -> Parser:
         "deleted. DATETIME is epoch seconds or ISO 8601 (no offset = local time). A cleaned run key "
         "stays consumed for --strict/failed-only starts unless --forget-keys is given.",
     )
-    p.add_argument("--before", metavar="DATETIME", help="terminal jobs finished before this time")
-    p.add_argument("--after", metavar="DATETIME", help="terminal jobs finished at or after this time")
-    p.add_argument("--all", action="store_true", help="all terminal jobs")
-    p.add_argument("--job-id", metavar="ID", help="one specific terminal job")
+    add_clean_options(
+        p,
+        before="terminal jobs finished before this time",
+        after="terminal jobs finished at or after this time",
+        all_="all terminal jobs",
+        job_id="one specific terminal job",
+    )
     p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     p.add_argument(
@@ -204,8 +207,7 @@ def main(argv: list[str]) -> int:
     elif cmd == "clean":
         emit(
             jobs.clean(
-                before=parse_datetime(args.before, "--before") if args.before else None,
-                after=parse_datetime(args.after, "--after") if args.after else None,
+                **clean_window(args),
                 all_=args.all,
                 job_id=args.job_id,
                 run_key=args.run_key,

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import OrchesError, UsageError
-from .common import Parser, emit, run_cli, split_command
+from .common import Parser, add_clean_options, clean_window, emit, run_cli, seconds_type, split_command
 
 STATUSES = ("RESERVED", "DISPATCHING", "DISPATCHED", "CANCELLED", "EXPIRED", "DISPATCH_FAILED")
 
@@ -152,20 +152,17 @@ def build_parser() -> Parser:
         "updated_at; RESERVED and DISPATCHING are never deleted. Jobs are not touched (use orchesjob clean).",
     )
     _common(p)
-    p.add_argument("--before", metavar="DATETIME", help="updated before this time")
-    p.add_argument("--after", metavar="DATETIME", help="updated at or after this time")
-    p.add_argument("--all", action="store_true", help="all terminal reservations (optionally of --run-key)")
-    p.add_argument("--job-id", metavar="ID", help="the reservation linked to this job")
+    add_clean_options(
+        p,
+        before="updated before this time",
+        after="updated at or after this time",
+        all_="all terminal reservations (optionally of --run-key)",
+        job_id="the reservation linked to this job",
+    )
     p.add_argument("--reservation-id", metavar="ID", help="one reservation")
     p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     return parser
-
-
-def _positive(text: str, option: str) -> float:
-    from ..timefmt import parse_seconds
-
-    return parse_seconds(text, option, allow_zero=False)
 
 
 def main(argv: list[str]) -> int:
@@ -190,12 +187,12 @@ def main(argv: list[str]) -> int:
 
     if cmd == "reserve":
         from ..reservations import parse_metadata
-        from ..timefmt import parse_datetime
+        from ..timefmt import parse_optional_datetime
 
         if not command:
             raise UsageError("reserve requires a command after --, e.g. reserve --run-key K -- CMD ARGS")
-        not_before = parse_datetime(args.not_before, "--not-before") if args.not_before else None
-        expires_at = parse_datetime(args.expires_at, "--expires-at") if args.expires_at else None
+        not_before = parse_optional_datetime(args.not_before, "--not-before")
+        expires_at = parse_optional_datetime(args.expires_at, "--expires-at")
         metadata = parse_metadata(args.metadata_json)
         # Refuse options that orchesjob start would refuse now, not at dispatch.
         client().check_options(options)
@@ -214,8 +211,8 @@ def main(argv: list[str]) -> int:
     if cmd == "run":
         from ..dispatcher import Dispatcher
 
-        poll = _positive(args.poll_interval, "--poll-interval")
-        error_sleep = _positive(args.error_sleep, "--error-sleep")
+        poll = seconds_type("--poll-interval", allow_zero=False)(args.poll_interval)
+        error_sleep = seconds_type("--error-sleep", allow_zero=False)(args.error_sleep)
         job_client = client()
         job_client.check_options(options)
         return Dispatcher(res, job_client, poll_interval=poll, error_sleep=error_sleep, start_options=options).run(
@@ -227,12 +224,9 @@ def main(argv: list[str]) -> int:
         return 0
 
     if cmd == "clean":
-        from ..timefmt import parse_datetime
-
         emit(
             res.clean(
-                before=parse_datetime(args.before, "--before") if args.before else None,
-                after=parse_datetime(args.after, "--after") if args.after else None,
+                **clean_window(args),
                 all_=args.all,
                 job_id=args.job_id,
                 reservation_id=args.reservation_id,

@@ -4,13 +4,52 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.conftest import cli_path
+
+TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "ABORTED", "CANCELLED")
+
+
+def wait_until(predicate, timeout=20.0, interval=0.05):
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie, not dead) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def pid_gone(pid: int) -> bool:
+    return not alive(pid)
+
+
+def wait_status(runner, run_key=None, statuses=TERMINAL, timeout=20, *, job_id=None) -> dict:
+    """The job (by run key or job id) once its status is in ``statuses``, or as it is after ``timeout``."""
+    selector = ["--run-key", run_key] if job_id is None else ["--job-id", job_id]
+    deadline = time.monotonic() + timeout
+    while True:
+        job = runner.ok("status", *selector)
+        if job["status"] in statuses or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
 
 
 @dataclass
@@ -50,6 +89,18 @@ class Runner:
             **kw,
         )
         return Result(p.returncode, p.stdout, p.stderr)
+
+    def popen(self, tool: str, *args: str, **kw: Any) -> subprocess.Popen:
+        """Start a console script in the background (same environment as ``run``)."""
+        return subprocess.Popen([cli_path(tool), *args], env=kw.pop("env", self.env), **kw)
+
+    def query(self, db_name: str, sql: str, params: tuple = ()) -> list:
+        """Rows of ``sql`` on the database ``db_name`` in this home (read behind the tools' backs)."""
+        db = sqlite3.connect(os.path.join(self.home, db_name))
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
 
     def oj(self, *args: str, **kw: Any) -> Result:
         return self.run("orchesjob", *args, **kw)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import require
+from tests.edge.conftest import pid_gone, wait_until
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "flows")
 PUBLIC_ORCHESJOB = "/opt/public/orchesjob/bin/orchesjob"
@@ -39,29 +40,6 @@ def flow(runner, *args, **kw):
 
 def steps_by_id(payload):
     return {s["id"]: s for s in payload["steps"]}
-
-
-def wait_until(predicate, timeout=20.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
-
-
-def pid_gone(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie child of ours does not count as running.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def status(runner, key):

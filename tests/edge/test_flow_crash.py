@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from tests.conftest import cli_path
-from tests.edge.test_flow_cli import flow, pid_gone, status, steps_by_id, wait_until, write_flow
+from tests.edge.conftest import pid_gone, wait_until
+from tests.edge.test_flow_cli import flow, status, steps_by_id, write_flow
 
 
 def marker_flow(tmp_path, sleep="0.05"):
@@ -46,16 +46,12 @@ def assert_each_ran_once(markers, ids=("A", "B", "C", "P1", "P2", "J")):
 
 
 def advancer_rows(runner):
-    path = os.path.join(runner.home, "orchesjob-flow.sqlite3")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(runner.home, "orchesjob-flow.sqlite3")):
         return []
-    db = sqlite3.connect(path)
     try:
-        return db.execute("SELECT run_key, pid, role FROM flow_advancers").fetchall()
+        return runner.query("orchesjob-flow.sqlite3", "SELECT run_key, pid, role FROM flow_advancers")
     except sqlite3.OperationalError:
         return []  # not migrated yet
-    finally:
-        db.close()
 
 
 @pytest.mark.parametrize("point", ["intent", "started", "recorded"])
@@ -106,16 +102,13 @@ def test_two_loops_never_both_advance(runner, tmp_path):
         {"id": "C", "when": "A", "command": ["sh", "-c", f"echo C >> {markers}"]},
     ]
     path = write_flow(tmp_path, steps)
-    exe = cli_path("orchesjob-flow")
-    first = subprocess.Popen(
-        [exe, "start", "--run-key", "dup", path], env=runner.env, stdout=subprocess.PIPE, text=True
-    )
+    first = runner.popen("orchesjob-flow", "start", "--run-key", "dup", path, stdout=subprocess.PIPE, text=True)
     wait_until(lambda: advancer_rows(runner))
     others = [
-        subprocess.Popen([exe, "start", "--run-key", "dup", path], env=runner.env, stdout=subprocess.PIPE, text=True),
-        subprocess.Popen(
-            [exe, "watch", "--run-key", "dup", "--advance", "--mode", "append", "--interval", "0.1"],
-            env=runner.env,
+        runner.popen("orchesjob-flow", "start", "--run-key", "dup", path, stdout=subprocess.PIPE, text=True),
+        runner.popen(
+            "orchesjob-flow",
+            *("watch", "--run-key", "dup", "--advance", "--mode", "append", "--interval", "0.1"),
             stdout=subprocess.PIPE,
             text=True,
         ),

@@ -11,22 +11,7 @@ import time
 
 import pytest
 
-
-def wait_status(runner, run_key, statuses=("SUCCEEDED", "FAILED", "LOST", "ABORTED", "CANCELLED"), timeout=20):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = runner.ok("status", "--run-key", run_key)
-        if job["status"] in statuses or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+from tests.edge.conftest import alive, wait_status
 
 
 # ---------------------------------------------------------------- start/status

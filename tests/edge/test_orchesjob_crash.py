@@ -11,30 +11,16 @@ import time
 
 import pytest
 
-from tests.conftest import cli_path
-
-from .test_orchesjob import alive, wait_status
-
-TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "ABORTED", "CANCELLED")
+from tests.edge.conftest import TERMINAL, alive, wait_status
 
 
 def db_rows(runner, sql, params=()):
-    db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"))
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
+    return runner.query("orchesjob.db", sql, params)
 
 
 def concurrent_starts(runner, n, *args):
     procs = [
-        subprocess.Popen(
-            [cli_path("orchesjob"), "start", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=runner.env,
-        )
-        for _ in range(n)
+        runner.popen("orchesjob", "start", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)
     ]
     results = []
     for p in procs:
@@ -144,21 +130,11 @@ def test_random_sigkill_of_start_keeps_integrity(runner, tmp_path):
     for i in range(25):
         counter = tmp_path / f"n{i}"
         counters.append(counter)
-        p = subprocess.Popen(
-            [
-                cli_path("orchesjob"),
-                "start",
-                "--run-key",
-                f"rk{i}",
-                "--strict",
-                "--",
-                "sh",
-                "-c",
-                f"echo x >> {counter}",
-            ],
+        p = runner.popen(
+            "orchesjob",
+            *("start", "--run-key", f"rk{i}", "--strict", "--", "sh", "-c", f"echo x >> {counter}"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=runner.env,
         )
         time.sleep(rnd.uniform(0.0, 0.12))
         p.kill()

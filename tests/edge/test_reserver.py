@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import cli_path
+from tests.edge.conftest import wait_status
 
 RES = "orchesjob-reserver"
 
@@ -31,21 +31,12 @@ def res_status(runner, key: str) -> dict:
 
 
 def wait_job_done(runner, job_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = runner.ok("status", "--job-id", job_id)
-        if job["status"] not in ("STARTING", "RUNNING") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
+    return wait_status(runner, job_id=job_id, timeout=timeout)
 
 
 def start_daemon(runner, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [cli_path(RES), "run", *args],
-        env=env or runner.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return runner.popen(
+        RES, "run", *args, env=env or runner.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edge_runtime.dispatcher import KILL_POINTS
-from tests.conftest import cli_path
+from tests.edge.conftest import wait_status
 
 RES = "orchesjob-reserver"
 
@@ -37,11 +37,7 @@ def _check_exactly_once(runner, key: str, marker: str) -> None:
     assert len(jobs) == 1, f"{key}: expected one job, got {len(jobs)}"
     assert reservation["reservation_status"] == "DISPATCHED", reservation
     assert reservation["job_id"] == jobs[0]["job_id"]
-    deadline = time.monotonic() + 30
-    job = jobs[0]
-    while job["status"] in ("STARTING", "RUNNING") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = runner.ok("status", "--job-id", job["job_id"])
+    job = wait_status(runner, job_id=jobs[0]["job_id"], timeout=30)
     if job["status"] == "LOST":
         # Killed after the job row was committed but before a supervisor took
         # it: the command never ran, and can never run later.
@@ -72,12 +68,7 @@ def test_random_sigkills_never_start_twice(runner):
         key = f"rand-{i}"
         marker = os.path.join(runner.home, key + ".marker")
         runner.ok("reserve", "--run-key", key, "--", *_marker_command(marker), tool=RES)
-        proc = subprocess.Popen(
-            [cli_path(RES), "run", "--poll-interval", "0.05"],
-            env=runner.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = runner.popen(RES, "run", "--poll-interval", "0.05", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Python start-up takes ~0.1 s; the dispatch itself another ~0.1 s.
         time.sleep(rng.uniform(0.05, 0.35))
         proc.kill()
