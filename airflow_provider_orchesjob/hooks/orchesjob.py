@@ -132,8 +132,21 @@ class OrchesJobHook(BaseHook):
 
     conn_name_attr = "ssh_conn_id"
     default_conn_name = "ssh_default"
-    conn_type = "ssh"
+    # Its own type in the UI (SSH fields plus the edge extras); ``ssh`` connections work the same.
+    conn_type = "orchesjob"
     hook_name = "OrchesJob (SSH)"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema"],
+            "relabeling": {"login": "Username"},
+            "placeholders": {
+                "extra": '{"key_file": "/path/to/id_ed25519", "known_hosts": "/path/to/known_hosts", '
+                '"orchesjob_home": "/var/lib/orchesjob", "orchesjob_bin_dir": "/opt/orchesjob/bin"}',
+                "port": "22",
+            },
+        }
 
     def __init__(
         self,

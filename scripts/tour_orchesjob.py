@@ -1,4 +1,4 @@
-"""A two-minute tour of the edge job runner, with nothing configured.
+"""A two-minute tour of the `orchesjob` CLI (the edge job runner), with nothing configured.
 
 Everything happens in a temporary ORCHESJOB_HOME through the real ``orchesjob``
 command, exactly as an Airflow task would drive it over SSH.

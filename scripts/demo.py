@@ -1,0 +1,120 @@
+"""The zero-setup demo: every example DAG, end to end, on real Airflow, with nothing configured.
+
+Creates a temporary Airflow home and ORCHESJOB_HOME, starts the host-side
+reservation dispatcher, runs each example DAG with ``dag.test()`` and prints a
+short summary. By default the edge CLIs run on this machine (local transport);
+``--ssh-conn-id ID`` runs the same DAGs against a real SSH host (define the
+connection first, e.g. AIRFLOW_CONN_<ID> or ``airflow connections add``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "example_dags")
+DAGS = [
+    "example_orchesjob_job",
+    "example_orchesjob_reservation",
+    "example_orchesjob_flow",
+    "example_orchesjob_fanout",
+    "example_orchesjob_sensor",
+]
+
+CHILD = r"""
+import json, sys, importlib
+sys.path.insert(0, sys.argv[3])
+dag = importlib.import_module(sys.argv[1]).dag
+dr = dag.test()
+tasks = []
+for ti in sorted(dr.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+    value = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index) if ti.state == "success" else None
+    tasks.append({"task_id": ti.task_id, "map_index": ti.map_index, "state": str(ti.state), "xcom": value})
+json.dump({"dag_id": dag.dag_id, "state": str(dr.state), "run_id": dr.run_id, "tasks": tasks}, open(sys.argv[2], "w"),
+          default=str)
+"""
+
+
+def describe(value) -> str:
+    if isinstance(value, dict) and "job_id" in value:
+        return f"job {value['job_id']} attempt {value.get('attempt_no')} {value.get('status')} exit {value.get('exit_code')}"
+    if isinstance(value, dict) and "reservation_id" in value:
+        return f"reservation {value['reservation_id']} {value.get('reservation_status')}"
+    if isinstance(value, dict) and "steps" in value:
+        steps = ", ".join(f"{s['id']}={s['status']}" for s in value["steps"])
+        return f"flow {value.get('flow_id')} {value.get('status')}: {steps}"
+    return "" if value is None else str(value)[:80]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ssh-conn-id", help="run against this Airflow ssh connection instead of locally")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="orchesjob-demo-")
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs)
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(
+        os.environ,
+        AIRFLOW_HOME=os.path.join(work, "airflow"),
+        AIRFLOW__CORE__DAGS_FOLDER=EXAMPLES,
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        ORCHESJOB_HOME=os.path.join(work, "edge"),
+        ORCHESJOB_EXAMPLE_POLL_INTERVAL="0.5",
+        PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    )
+    if args.ssh_conn_id:
+        env["ORCHESJOB_EXAMPLE_SSH_CONN_ID"] = args.ssh_conn_id
+    print(f"demo directory: {work}")
+    print("preparing Airflow (metadata DB) ...", flush=True)
+    with open(os.path.join(logs, "airflow-db-migrate.log"), "w") as log:
+        subprocess.run([os.path.join(bin_dir, "airflow"), "db", "migrate"], env=env, stdout=log, stderr=log,
+                       check=True)  # fmt: skip
+    dispatcher = None
+    if not args.ssh_conn_id:
+        # What systemd would run on an edge host: dispatches reservations when due.
+        dispatcher = subprocess.Popen(
+            [os.path.join(bin_dir, "orchesjob-reserver"), "run", "--poll-interval", "1"],
+            env=env, stdout=open(os.path.join(logs, "reserver-dispatcher.jsonl"), "w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    results, failed = [], 0
+    try:
+        for dag_id in DAGS:
+            t0 = time.monotonic()
+            print(f"running {dag_id} ...", end=" ", flush=True)
+            summary = os.path.join(work, f"{dag_id}.json")
+            with open(os.path.join(logs, f"{dag_id}.log"), "w") as log:
+                p = subprocess.run([sys.executable, "-c", CHILD, dag_id, summary, EXAMPLES], env=env, stdout=log,
+                                   stderr=log)  # fmt: skip
+            result = json.load(open(summary)) if p.returncode == 0 and os.path.exists(summary) else None
+            state = result["state"] if result else f"crashed (exit {p.returncode})"
+            failed += state != "success"
+            print(f"{state} in {time.monotonic() - t0:.1f} s", flush=True)
+            results.append((dag_id, result))
+    finally:
+        if dispatcher is not None:
+            dispatcher.terminate()
+            dispatcher.wait(timeout=30)
+
+    print("\nsummary")
+    for dag_id, result in results:
+        print(f"  {dag_id}: {result['state'] if result else 'see log'}")
+        for t in (result or {}).get("tasks", []):
+            name = t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else "")
+            print(f"    {name:22} {t['state']:8} {describe(t['xcom'])}")
+    where = "on the SSH host's ORCHESJOB_HOME" if args.ssh_conn_id else env["ORCHESJOB_HOME"] + "/logs"
+    print(f"\nremote job logs: {where}\nAirflow task logs: {logs}/<dag_id>.log")
+    if not args.ssh_conn_id:
+        print(f"inspect: ORCHESJOB_HOME={env['ORCHESJOB_HOME']} {bin_dir}/orchesjob status --running")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
