@@ -43,7 +43,8 @@ json.dump({"dag_id": dag.dag_id, "state": str(dr.state), "run_id": dr.run_id, "t
 
 def describe(value) -> str:
     if isinstance(value, dict) and "job_id" in value:
-        return f"job {value['job_id']} attempt {value.get('attempt_no')} {value.get('status')} exit {value.get('exit_code')}"
+        v = value
+        return f"job {v['job_id']} attempt {v.get('attempt_no')} {v.get('status')} exit {v.get('exit_code')}"
     if isinstance(value, dict) and "reservation_id" in value:
         return f"reservation {value['reservation_id']} {value.get('reservation_status')}"
     if isinstance(value, dict) and "steps" in value:
