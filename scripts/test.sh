@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (what CI runs). Extra arguments go to pytest.
+# Runs the whole test suite (what CI runs): lint, then pytest with Airflow 3, then
+# the Airflow 2.11 environment. Extra arguments go to the main pytest run only
+# (and then the Airflow 2.11 run is skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -13,4 +15,9 @@ if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: the setup is broken" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+
+if [ $# -eq 0 ]; then
+  echo "test.sh: Airflow 2.11 environment" >&2
+  bash scripts/test_airflow2.sh || exit 1
+fi

@@ -239,3 +239,30 @@ def test_flow_methods_with_definition_on_stdin(conn_id):
     assert repaired["run_key"] == "fl1"
     with pytest.raises(OrchesJobError_ := (OrchesJobNotFound, OrchesJobInvalidArguments)):  # noqa: F841
         hook.flow_status("no-such-flow")
+
+
+def test_incompatible_remote_runtime_is_a_clear_error(ssh_server):
+    import os
+    import shutil
+
+    from airflow_provider_orchesjob.exceptions import OrchesJobRuntimeIncompatible
+
+    # An older/foreign runtime cannot be installed here, so stand one in on the host.
+    fake = os.path.join(ssh_server.home, "fake-old-runtime")
+    os.makedirs(fake, exist_ok=True)
+    exe = os.path.join(fake, "orchesjob")
+
+    def install(body: str) -> None:
+        with open(exe, "w") as f:
+            f.write("#!/bin/sh\n" + body + "\n")
+        os.chmod(exe, 0o755)
+        shutil.chown(exe, ssh_server.user)
+
+    set_connection("oj_old", ssh_server, orchesjob_bin_dir=fake)
+    install("""echo '{"version": "0.0.1", "capabilities": []}'""")
+    with pytest.raises(OrchesJobRuntimeIncompatible, match="missing capabilities"):
+        OrchesJobHook("oj_old").job_status("x")
+    # The public orchesjob has no `info` command (argparse exit 2): refused with a clear message too.
+    install("echo 'orchesjob: error: invalid choice' >&2; exit 2")
+    with pytest.raises(OrchesJobRuntimeIncompatible, match="not the edge runtime"):
+        OrchesJobHook("oj_old").job_status("x")
