@@ -226,19 +226,7 @@ class OrchesJobHook(BaseHook):
                 result = transport.run(argv, stdin=stdin, timeout=timeout)
                 return check_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
-                if not exc.retryable:
-                    raise
-                if exc.sent and not resend_safe:
-                    raise OrchesJobConnectionError(
-                        f"{exc} — {argv[0]} {argv[1]} may have run on the host and is not safe to resend; "
-                        "check its status before retrying",
-                        sent=True,
-                    ) from exc
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                self.log.warning("%s; retrying in %.1f s", exc, delay)
-                time.sleep(delay)
+                time.sleep(self._retry_delay(exc, argv, resend_safe, delays))
 
     async def arun_cli(
         self,
@@ -257,13 +245,23 @@ class OrchesJobHook(BaseHook):
                 result = await transport.arun(argv, stdin=stdin, timeout=timeout)
                 return check_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
-                if not exc.retryable or (exc.sent and not resend_safe):
-                    raise
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                self.log.warning("%s; reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(exc, argv, resend_safe, delays))
+
+    def _retry_delay(self, exc: OrchesJobConnectionError, argv: Sequence[str], resend_safe: bool, delays: Any) -> float:
+        """How long to wait before resending ``argv`` after ``exc`` — or re-raise when that is unsafe or useless."""
+        if not exc.retryable:
+            raise exc
+        if exc.sent and not resend_safe:
+            raise OrchesJobConnectionError(
+                f"{exc} — {argv[0]} {argv[1]} may have run on the host and is not safe to resend; "
+                "check its status before retrying",
+                sent=True,
+            ) from exc
+        delay = next(delays, None)
+        if delay is None:
+            raise exc
+        self.log.warning("%s; retrying in %.1f s", exc, delay)
+        return delay
 
     def _ensure_compatible(self, transport: Any) -> None:
         """Check the host's runtime once per connection: present, ours, capable enough."""

@@ -89,3 +89,63 @@ def test_run_key_is_bounded():
     long_a = run_key_for("d" * 300, "t", "r")
     long_b = run_key_for("d" * 299 + "e", "t", "r")
     assert len(long_a) == MAX_LEN and long_a != long_b
+
+
+class _DroppingTransport:
+    """Loses the connection after the command may have reached the host (cannot be staged with a real sshd)."""
+
+    host_id = "h"
+
+    def __init__(self, sent: bool, results: list) -> None:
+        self.calls: list = []
+        self.sent = sent
+        self.results = results
+
+    def run(self, argv, stdin=None, timeout=None):
+        from airflow_provider_orchesjob.exceptions import OrchesJobConnectionError
+        from airflow_provider_orchesjob.hooks.transport import CommandResult
+
+        self.calls.append(list(argv))
+        if self.results:
+            return CommandResult(*self.results.pop(0))
+        raise OrchesJobConnectionError("connection reset", sent=self.sent)
+
+
+def _hook_with(transport):
+    from airflow_provider_orchesjob.hooks import OrchesJobHook
+
+    hook = OrchesJobHook(None, connect_budget=0.05)
+    hook._sync = transport
+    hook._checked.add(transport.host_id)
+    return hook
+
+
+def test_non_idempotent_command_is_never_resent_after_it_may_have_arrived():
+    from airflow_provider_orchesjob.exceptions import OrchesJobConnectionError
+
+    transport = _DroppingTransport(sent=True, results=[])
+    with pytest.raises(OrchesJobConnectionError, match="not safe to resend"):
+        _hook_with(transport).rerun_job("k")
+    assert len(transport.calls) == 1
+    transport = _DroppingTransport(sent=True, results=[])
+    with pytest.raises(OrchesJobConnectionError, match="not safe to resend"):
+        _hook_with(transport).start_job("k", ["x"], reuse_policy="always")
+    assert len(transport.calls) == 1
+
+
+def test_run_key_guarded_start_is_resent_and_returns_the_existing_job():
+    job = b'{"job_id": "j1", "existing": true}'
+    transport = _DroppingTransport(sent=True, results=[])
+    transport.results = []
+    hook = _hook_with(transport)
+    # First attempt drops after sending; the resend (safe under failed-only) answers.
+    original = transport.run
+
+    def run(argv, stdin=None, timeout=None):
+        if transport.calls:
+            transport.results.append((0, job, b""))
+        return original(argv, stdin, timeout)
+
+    transport.run = run
+    assert hook.start_job("k", ["x"])["job_id"] == "j1"
+    assert len(transport.calls) == 2 and transport.calls[0] == transport.calls[1]
