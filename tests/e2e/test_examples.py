@@ -69,3 +69,25 @@ def test_local_transport_needs_no_ssh(airflow_db, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", BIN_DIR + os.pathsep + os.environ["PATH"])
     dr = load_dag("example_orchesjob_job").test()
     assert dr.state == "success"
+
+
+def test_non_deferrable_mode_polls_in_the_worker(e2e_conn, capfd, caplog):
+    dr = load_dag("e2e_worker_poll").test()
+    assert dr.state == "success"
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "[remote stdout] line 3" in text and "[remote stderr] oops" in text
+
+
+def test_failing_flow_lists_failed_steps_with_stderr(e2e_conn, capfd, caplog):
+    dr = load_dag("e2e_flow_fails").test()
+    assert dr.state == "failed"
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "step B FAILED" in text and "step B exploded" in text
+
+
+def test_sensors_in_deferrable_mode(e2e_conn, dispatcher):
+    dr = load_dag("e2e_sensors").test()
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "success", states

@@ -28,3 +28,52 @@ with DAG(dag_id="e2e_job", start_date=datetime(2026, 1, 1), schedule=None, catch
         ssh_conn_id=os.environ.get("ORCHESJOB_EXAMPLE_SSH_CONN_ID") or None,
         poll_interval=0.5,
     )
+
+from airflow_provider_orchesjob.operators import OrchesJobFlowOperator, OrchesJobReserveOperator  # noqa: E402
+from airflow_provider_orchesjob.sensors import (  # noqa: E402
+    OrchesJobFlowSensor,
+    OrchesJobReservationSensor,
+    OrchesJobSensor,
+)
+
+_CONN = os.environ.get("ORCHESJOB_EXAMPLE_SSH_CONN_ID") or None
+
+# Non-deferrable: the worker polls, streaming logs the same way.
+with DAG(dag_id="e2e_worker_poll", start_date=datetime(2026, 1, 1), schedule=None) as e2e_worker_poll:
+    OrchesJobStartOperator(
+        task_id="job", command="for i in 1 2 3; do echo line $i; done; echo oops >&2", ssh_conn_id=_CONN,
+        deferrable=False, poll_interval=0.3,
+    )  # fmt: skip
+
+# A flow whose step fails: the task fails listing the step and its stderr tail.
+with DAG(dag_id="e2e_flow_fails", start_date=datetime(2026, 1, 1), schedule=None) as e2e_flow_fails:
+    OrchesJobFlowOperator(
+        task_id="flow",
+        flow={"flow_id": "fails", "steps": [
+            {"id": "A", "command": ["sh", "-c", "echo fine"]},
+            {"id": "B", "when": "A", "command": ["sh", "-c", "echo 'step B exploded' >&2; exit 5"]},
+        ]},
+        ssh_conn_id=_CONN, poll_interval=0.3,
+    )  # fmt: skip
+
+# Sensors in deferrable mode, each on work another task created.
+with DAG(dag_id="e2e_sensors", start_date=datetime(2026, 1, 1), schedule=None) as e2e_sensors:
+    reserve = OrchesJobReserveOperator(
+        task_id="reserve", command=["sh", "-c", "sleep 1; echo reserved"], run_key="e2e-res-{{ run_id }}",
+        ssh_conn_id=_CONN,
+    )  # fmt: skip
+    flow = OrchesJobFlowOperator(
+        task_id="flow", flow={"flow_id": "f", "steps": [{"id": "A", "command": ["true"]}]},
+        flow_run_key="e2e-flow-{{ run_id }}", ssh_conn_id=_CONN, poll_interval=0.3,
+    )  # fmt: skip
+    reserve >> OrchesJobReservationSensor(
+        task_id="wait_reservation", run_key="e2e-res-{{ run_id }}", ssh_conn_id=_CONN, deferrable=True,
+        poke_interval=0.5,
+    )  # fmt: skip
+    reserve >> OrchesJobSensor(
+        task_id="wait_job", run_key="e2e-res-{{ run_id }}", ssh_conn_id=_CONN, deferrable=True, poke_interval=0.5,
+    )  # fmt: skip
+    flow >> OrchesJobFlowSensor(
+        task_id="wait_flow", flow_run_key="e2e-flow-{{ run_id }}", ssh_conn_id=_CONN, deferrable=True,
+        poke_interval=0.5,
+    )  # fmt: skip
