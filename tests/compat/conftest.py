@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import require
+from tests.edge.conftest import kill_processes_under
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PUBLIC_VENV = os.environ.get("ORCHESJOB_PUBLIC_VENV", os.path.join(ROOT, ".venv-public"))
@@ -31,3 +32,10 @@ def public_bin() -> str:
         except (subprocess.SubprocessError, OSError) as exc:
             require(False, f"public releases {PUBLIC} could not be installed: {exc}")
     return bindir
+
+
+@pytest.fixture(autouse=True)
+def _reap(tmp_path):
+    """Kill what a test (public dispatcher, its jobs) left running, even when it failed."""
+    yield
+    kill_processes_under(str(tmp_path))

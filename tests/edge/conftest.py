@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -52,6 +53,57 @@ def wait_status(runner, run_key=None, statuses=TERMINAL, timeout=20, *, job_id=N
         time.sleep(0.05)
 
 
+def processes_under(root: str) -> list[int]:
+    """Live processes (not this one) whose command line or environment mentions ``root``.
+
+    Everything a test starts carries its temp directory: the CLIs and every job,
+    supervisor and detached advancer inherit ``ORCHESJOB_HOME``/``--db`` under it,
+    and gated commands name their gate file there.
+    """
+    needle, me, found = os.fsencode(os.path.join(root, "")), os.getpid(), []  # "/tmp/x/", not "/tmp/x1"
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone, a zombie, or not ours
+        if needle in cmdline or needle in environ:
+            found.append(int(name))
+    return found
+
+
+def kill_processes_under(root: str, rounds: int = 20) -> list[int]:
+    """SIGKILL every process ``processes_under(root)`` finds, until none is left; returns the pids."""
+    killed: list[int] = []
+    for _ in range(rounds):
+        pids = [p for p in processes_under(root) if alive(p)]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed += pids
+        time.sleep(0.05)
+    return killed
+
+
+@pytest.fixture
+def reap_processes(tmp_path):
+    """After the test, passed or failed, kill whatever it left running under ``tmp_path``.
+
+    Gated steps (``while [ ! -e gate ]``) and long sleeps would otherwise outlive
+    a failing test, and the test session.
+    """
+    yield
+    kill_processes_under(str(tmp_path))
+
+
 @dataclass
 class Result:
     code: int
@@ -74,6 +126,7 @@ class Runner:
 
     def __init__(self, home: str) -> None:
         self.home = home
+        self.started: list[subprocess.Popen] = []
         self.env = dict(os.environ, ORCHESJOB_HOME=home)
         for var in ("ORCHESJOB_RESERVER_HOME", "ORCHESJOB_FLOW_HOME", "ORCHESJOB_BIN"):
             self.env.pop(var, None)
@@ -92,7 +145,19 @@ class Runner:
 
     def popen(self, tool: str, *args: str, **kw: Any) -> subprocess.Popen:
         """Start a console script in the background (same environment as ``run``)."""
-        return subprocess.Popen([cli_path(tool), *args], env=kw.pop("env", self.env), **kw)
+        proc = subprocess.Popen([cli_path(tool), *args], env=kw.pop("env", self.env), **kw)
+        self.started.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Reap the background processes (``kill_processes_under`` has ended them) and close their pipes."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
 
     def query(self, db_name: str, sql: str, params: tuple = ()) -> list:
         """Rows of ``sql`` on the database ``db_name`` in this home (read behind the tools' backs)."""
@@ -112,5 +177,9 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path) -> Runner:
-    return Runner(str(tmp_path / "home"))
+def runner(tmp_path, reap_processes):
+    r = Runner(str(tmp_path / "home"))
+    yield r
+    # Runs before reap_processes' finalizer: kill first, then reap our own children.
+    kill_processes_under(str(tmp_path))
+    r.close()
