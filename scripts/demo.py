@@ -3,8 +3,9 @@
 Creates a temporary Airflow home and ORCHESJOB_HOME, starts the host-side
 reservation dispatcher, runs each example DAG with ``dag.test()`` and prints a
 short summary. By default the edge CLIs run on this machine (local transport);
-``--ssh-conn-id ID`` runs the same DAGs against a real SSH host (define the
-connection first, e.g. AIRFLOW_CONN_<ID> or ``airflow connections add``).
+``--ssh-conn-id ID`` runs the same DAGs against a real SSH host: define the
+connection as an AIRFLOW_CONN_<ID> environment variable (the demo uses its own
+temporary Airflow home) and have the runtime installed there for that user.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ DAGS = [
     "example_orchesjob_fanout",
     "example_orchesjob_sensor",
 ]
+
+
+# The cron/timer way of running the dispatcher (`orchesjob-reserver run --once` every
+# second), driven over SSH for the demo; a real host runs `orchesjob-reserver run` under systemd.
+REMOTE_DISPATCHER = r"""
+import sys, time
+from airflow_provider_orchesjob.hooks import OrchesJobHook
+transport = OrchesJobHook(sys.argv[1]).get_conn()
+while True:
+    try:
+        print(transport.run(["orchesjob-reserver", "run", "--once"], timeout=60).stdout.decode(), flush=True)
+    except Exception as exc:
+        print(f"dispatcher: {exc}", flush=True)
+    time.sleep(1)
+"""
+
 
 CHILD = r"""
 import json, sys, importlib
@@ -78,13 +95,14 @@ def main() -> int:
     with open(os.path.join(logs, "airflow-db-migrate.log"), "w") as log:
         subprocess.run([os.path.join(bin_dir, "airflow"), "db", "migrate"], env=env, stdout=log, stderr=log,
                        check=True)  # fmt: skip
-    dispatcher = None
-    if not args.ssh_conn_id:
-        # What systemd would run on an edge host: dispatches reservations when due.
-        dispatcher = subprocess.Popen(
-            [os.path.join(bin_dir, "orchesjob-reserver"), "run", "--poll-interval", "1"],
-            env=env, stdout=open(os.path.join(logs, "reserver-dispatcher.jsonl"), "w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    # What systemd would run on an edge host: dispatches reservations when due.
+    if args.ssh_conn_id:
+        argv = [sys.executable, "-c", REMOTE_DISPATCHER, args.ssh_conn_id]
+    else:
+        argv = [os.path.join(bin_dir, "orchesjob-reserver"), "run", "--poll-interval", "1"]
+    dispatcher = subprocess.Popen(
+        argv, env=env, stdout=open(os.path.join(logs, "reserver-dispatcher.log"), "w"), stderr=subprocess.STDOUT
+    )
     results, failed = [], 0
     try:
         for dag_id in DAGS:
@@ -100,9 +118,8 @@ def main() -> int:
             print(f"{state} in {time.monotonic() - t0:.1f} s", flush=True)
             results.append((dag_id, result))
     finally:
-        if dispatcher is not None:
-            dispatcher.terminate()
-            dispatcher.wait(timeout=30)
+        dispatcher.terminate()
+        dispatcher.wait(timeout=30)
 
     print("\nsummary")
     for dag_id, result in results:

@@ -100,3 +100,20 @@ def test_zero_setup_demo_runs_every_example(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count(" success in ") == 5
     assert "summary" in p.stdout and "SUCCEEDED" in p.stdout and "remote job logs:" in p.stdout
+
+
+def test_demo_variant_against_a_real_ssh_host(ssh_server):
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ORCHESJOB"))}
+    extra = ssh_server.connection_extra(orchesjob_home=f"{ssh_server.home}/.orchesjob-demo")
+    env["AIRFLOW_CONN_DEMO_EDGE"] = json.dumps(
+        {"conn_type": "orchesjob", "host": ssh_server.host, "port": ssh_server.port, "login": ssh_server.user,
+         "extra": extra}
+    )  # fmt: skip
+    env["ORCHESJOB_EXAMPLE_HOSTS"] = "127.0.0.1,localhost"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--ssh-conn-id", "demo_edge"],
+                       capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.count(" success in ") == 5
+    assert "on the SSH host" in p.stdout
