@@ -29,18 +29,22 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import sqlite3
 import time
-from typing import Any
 
-from . import flow_expr, process
+from . import process
 from .errors import InvalidState, NotFound, OrchesError
-from .flow_definition import FlowDefinition, Step, from_snapshot
-from .jobclient import start_options
 from .schema import FLOW_MIGRATIONS, FLOW_TERMINAL, STEP_TERMINAL
 from .store import Store
+
+# `status` (one process per remote poll) needs none of the definition, expression,
+# random or client modules: they are imported where a run is advanced.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
+    from typing import Any
+
+    from .flow_definition import FlowDefinition, Step
 
 JOB_TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "CANCELLED", "ABORTED")
 DEFAULT_POLL_INTERVAL = 5.0
@@ -62,6 +66,8 @@ def kill_point(name: str) -> None:
     hits = int(os.environ.get(counter, "0")) + 1
     os.environ[counter] = str(hits)
     if hits >= int(nth or 1):
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -80,7 +86,9 @@ def retry_delay(step: Step, failures: int, rng: random.Random | None = None) -> 
     if step.retry_jitter and delay > 0:
         # "Equal jitter": keep at least half the delay so retries still back off,
         # randomise the rest so many flows failing together do not retry in lockstep.
-        delay = delay / 2 + (rng or random).uniform(0, delay / 2)
+        if rng is None:
+            import random as rng
+        delay = delay / 2 + rng.uniform(0, delay / 2)
     return delay
 
 
@@ -150,6 +158,8 @@ class FlowStore:
     def definition(self, run: sqlite3.Row) -> FlowDefinition:
         sha = run["definition_sha"]
         if sha not in self._defs:
+            from .flow_definition import from_snapshot
+
             self._defs[sha] = from_snapshot(run["definition"])
         return self._defs[sha]
 
@@ -508,6 +518,8 @@ class Advancer:
 
         Repeats until nothing changes, so skips cascade within one pass.
         """
+        from . import flow_expr
+
         changed = True
         while changed:
             changed = False
@@ -566,6 +578,8 @@ class Advancer:
         self._launch(step, attempt, key, workdir)
 
     def _launch(self, step: Step, attempt: int, key: str, workdir: str) -> None:
+        from .jobclient import start_options
+
         try:
             job = self.client.start(
                 step.command,

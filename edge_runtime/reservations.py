@@ -19,14 +19,18 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
 
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import reserver_db_path
 from .schema import RESERVATION_STATUSES, RESERVER_MIGRATIONS, TERMINAL_RESERVATION_STATUSES
 from .store import Store, clean_selection, new_id, validate_run_key
 from .timefmt import epoch_value, now, with_iso
+
+# typing costs ~2 ms of start-up per poll; annotations are strings anyway.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 DEFAULT_LIST_LIMIT = 50
 MAX_ERROR_LEN = 4000
