@@ -65,3 +65,29 @@ def ssh_server():
     yield server
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+PUBLIC_VENV = os.environ.get(
+    "ORCHESJOB_PUBLIC_VENV", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-public")
+)
+PUBLIC_RELEASES = ("orchesjob==1.1.0", "orchesjob-reserver==0.1.2", "orchesjob-flow==0.1.0.dev0")
+
+
+@pytest.fixture(scope="session")
+def public_bin() -> str:
+    """bin/ of a venv holding the public releases (installed from the package index on first use)."""
+    import subprocess
+
+    bindir = os.path.join(PUBLIC_VENV, "bin")
+    if not all(os.path.exists(os.path.join(bindir, r.split("==")[0])) for r in PUBLIC_RELEASES):
+        try:
+            subprocess.run([sys.executable, "-m", "venv", PUBLIC_VENV], check=True, capture_output=True)
+            # They declare Python >= 3.12 but run on 3.10+.
+            subprocess.run(
+                [os.path.join(bindir, "pip"), "install", "-q", "--disable-pip-version-check",
+                 "--ignore-requires-python", "--pre", *PUBLIC_RELEASES],
+                check=True, capture_output=True, timeout=600,
+            )  # fmt: skip
+        except (subprocess.SubprocessError, OSError) as exc:
+            require(False, f"public releases {PUBLIC_RELEASES} could not be installed: {exc}")
+    return bindir

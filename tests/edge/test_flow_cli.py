@@ -9,11 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import require
 from tests.edge.conftest import pid_gone, wait_until
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "flows")
-PUBLIC_ORCHESJOB = "/opt/public/orchesjob/bin/orchesjob"
 
 
 def write_flow(tmp_path, steps, flow_id="f", name="flow.yaml"):
@@ -380,8 +378,8 @@ def test_version_help_example_and_db_option(runner, tmp_path):
     assert flow(runner, "--db", db, "status", "--run-key", "ex", env=env).code == 0
 
 
-def test_public_orchesjob_binary(runner, tmp_path):
-    require(os.path.exists(PUBLIC_ORCHESJOB), "public orchesjob 1.1.0 at " + PUBLIC_ORCHESJOB)
+def test_public_orchesjob_binary(runner, tmp_path, public_bin):
+    PUBLIC_ORCHESJOB = os.path.join(public_bin, "orchesjob")  # noqa: N806 - the public release's binary
     steps = [
         {"id": "A", "command": ["true"]},
         {"id": "B", "when": "A", "env": {"V": "x"}, "command": sh('[ "$V" = x ]')},

@@ -367,11 +367,8 @@ def test_run_validates_intervals(runner):
 
 
 # ------------------------------------------------------------- public orchesjob
-PUBLIC_ORCHESJOB = "/opt/public/orchesjob/bin/orchesjob"
-
-
-@pytest.mark.skipif(not os.path.exists(PUBLIC_ORCHESJOB), reason="public orchesjob 1.1.0 not installed")
-def test_public_orchesjob_as_foreign_bin(runner, tmp_path):
+def test_public_orchesjob_as_foreign_bin(runner, tmp_path, public_bin):
+    PUBLIC_ORCHESJOB = os.path.join(public_bin, "orchesjob")  # noqa: N806 - the public release's binary
     env = dict(runner.env, ORCHESJOB_HOME=str(tmp_path / "pubhome"), ORCHESJOB_RESERVER_HOME=runner.home)
     env["ORCHESJOB_BIN"] = PUBLIC_ORCHESJOB
     runner.ok("reserve", "--run-key", "pub", "--orchesjob-start-option=--strict", "--", "sleep", "30",
