@@ -70,6 +70,15 @@ class _OrchesJobSensorBase(BaseSensorOperator):
     def make_trigger(self) -> Any:
         raise NotImplementedError
 
+    def complete(self, event: dict[str, Any], key: str, what: str) -> Any:
+        """Deferrable mode: judge the trigger's final object like poke() would."""
+        if event.get("status") != "done":
+            raise AirflowException(f"waiting for {what} failed: {event.get('message')}")
+        obj = event[key]
+        if not self.decide(obj["status"], obj, what):
+            raise AirflowException(f"{what} ended {obj['status']}, not one of {self.success_states}")
+        return obj
+
 
 class OrchesJobSensor(_OrchesJobSensorBase):
     """Wait until a job (by run key or job id) reaches a terminal state; XCom = the job JSON."""
@@ -99,12 +108,7 @@ class OrchesJobSensor(_OrchesJobSensorBase):
         return OrchesJobTrigger(run_key=self.run_key, job_id=self.job_id, stream_logs=False, **self.trigger_kwargs())
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        if event.get("status") != "done":
-            raise AirflowException(f"waiting for the job failed: {event.get('message')}")
-        job = event["job"]
-        if not self.decide(job["status"], job, f"job {job['job_id']}"):
-            raise AirflowException(f"job {job['job_id']} ended {job['status']}, not one of {self.success_states}")
-        return job
+        return self.complete(event, "job", f"job {self.run_key or self.job_id}")
 
 
 class OrchesJobReservationSensor(_OrchesJobSensorBase):
@@ -136,12 +140,7 @@ class OrchesJobReservationSensor(_OrchesJobSensorBase):
         if event.get("status") == "reservation_ended":
             res = event["reservation"]
             raise AirflowException(f"reservation {self.run_key} ended {res['reservation_status']}")
-        if event.get("status") != "done":
-            raise AirflowException(f"waiting for the reservation failed: {event.get('message')}")
-        job = event["job"]
-        if not self.decide(job["status"], job, f"job {job['job_id']}"):
-            raise AirflowException(f"job {job['job_id']} ended {job['status']}")
-        return job
+        return self.complete(event, "job", f"the job of reservation {self.run_key}")
 
 
 class OrchesJobFlowSensor(_OrchesJobSensorBase):
@@ -165,9 +164,4 @@ class OrchesJobFlowSensor(_OrchesJobSensorBase):
         return OrchesJobFlowTrigger(flow_run_key=self.flow_run_key, **self.trigger_kwargs())
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        if event.get("status") != "done":
-            raise AirflowException(f"waiting for the flow failed: {event.get('message')}")
-        flow = event["flow"]
-        if not self.decide(flow["status"], flow, f"flow run {self.flow_run_key}"):
-            raise AirflowException(f"flow run {self.flow_run_key} ended {flow['status']}")
-        return flow
+        return self.complete(event, "flow", f"flow run {self.flow_run_key}")
