@@ -16,7 +16,33 @@ def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-class OrchesJobBaseOperator(BaseOperator):
+class EdgeConnectionMixin:
+    """How a task reaches the edge CLIs; shared by the operators and the sensors."""
+
+    ssh_conn_id: str | None
+    remote_host: str | None
+    orchesjob_home: str | None
+    transport: str | None
+    _hook: OrchesJobHook | None = None
+
+    def edge_kwargs(self) -> dict[str, Any]:
+        return {
+            "ssh_conn_id": self.ssh_conn_id,
+            "remote_host": self.remote_host,
+            "orchesjob_home": self.orchesjob_home,
+            "transport": self.transport,
+        }
+
+    @property
+    def hook(self) -> OrchesJobHook:
+        # One hook (one SSH connection) per task run, reused by every call and poke.
+        if self._hook is None:
+            kwargs = self.edge_kwargs()
+            self._hook = OrchesJobHook(kwargs.pop("ssh_conn_id"), **kwargs)
+        return self._hook
+
+
+class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
     """Connection and polling settings common to every orchesjob operator.
 
     :param ssh_conn_id: Airflow ``ssh`` connection to the host; ``None`` runs the
@@ -56,25 +82,10 @@ class OrchesJobBaseOperator(BaseOperator):
         self.abort_on_kill = abort_on_kill
         self.kill_grace = kill_grace
         self.trigger_timeout = trigger_timeout
-        self._hook: OrchesJobHook | None = None
-
-    @property
-    def hook(self) -> OrchesJobHook:
-        if self._hook is None:
-            self._hook = OrchesJobHook(
-                self.ssh_conn_id,
-                transport=self.transport,
-                remote_host=self.remote_host,
-                orchesjob_home=self.orchesjob_home,
-            )
-        return self._hook
 
     def trigger_kwargs(self) -> dict[str, Any]:
         return {
-            "ssh_conn_id": self.ssh_conn_id,
-            "remote_host": self.remote_host,
-            "orchesjob_home": self.orchesjob_home,
-            "transport": self.transport,
+            **self.edge_kwargs(),
             "poll_interval": self.poll_interval,
             "abort_on_kill": self.abort_on_kill,
             "kill_grace": self.kill_grace,

@@ -7,11 +7,11 @@ from typing import Any
 
 from ..compat import AirflowException, BaseSensorOperator
 from ..exceptions import OrchesJobNotFound
-from ..hooks.orchesjob import OrchesJobHook
+from ..operators.base import EdgeConnectionMixin
 from ..triggers.orchesjob import OrchesJobFlowTrigger, OrchesJobReservationTrigger, OrchesJobTrigger
 
 
-class _OrchesJobSensorBase(BaseSensorOperator):
+class _OrchesJobSensorBase(EdgeConnectionMixin, BaseSensorOperator):
     template_fields: Sequence[str] = ("remote_host", "orchesjob_home")
 
     def __init__(
@@ -35,20 +35,9 @@ class _OrchesJobSensorBase(BaseSensorOperator):
         self.success_states = list(success_states)
         self.failure_states = list(failure_states)
 
-    @property
-    def hook(self) -> OrchesJobHook:
-        return OrchesJobHook(
-            self.ssh_conn_id, transport=self.transport, remote_host=self.remote_host,
-            orchesjob_home=self.orchesjob_home,
-        )  # fmt: skip
-
     def trigger_kwargs(self) -> dict[str, Any]:
         # A sensor watches work it does not own: never abort it.
-        return {
-            "ssh_conn_id": self.ssh_conn_id, "remote_host": self.remote_host, "orchesjob_home": self.orchesjob_home,
-            "transport": self.transport, "poll_interval": self.poke_interval, "abort_on_kill": False,
-            "deadline": None,
-        }  # fmt: skip
+        return {**self.edge_kwargs(), "poll_interval": self.poke_interval, "abort_on_kill": False, "deadline": None}
 
     def decide(self, status: str, obj: dict, what: str) -> bool:
         if status in self.success_states:
