@@ -185,7 +185,7 @@ class Jobs:
                 raise NotFound(f"job not found: {job_id}", job_id=job_id)
         else:
             assert run_key is not None
-            row = self._latest(run_key)
+            row = self._latest(validate_run_key(run_key))
             if row is None:
                 raise NotFound(f"run key not found: {run_key}", run_key=run_key)
         return self._judge(row)
@@ -240,9 +240,16 @@ class Jobs:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        """Start ``command`` under ``run_key`` or return the attempt that must not be repeated."""
+        """Start ``command`` under ``run_key`` or return the attempt that must not be repeated.
+
+        ``request_id`` makes the call itself idempotent: a resent request returns
+        the job its first copy created, whatever the reuse policy would say now.
+        """
         validate_run_key(run_key)
+        if request_id is not None and (not request_id or len(request_id) > 200 or "\x00" in request_id):
+            raise UsageError("--request-id must be 1-200 characters")
         if not command:
             raise UsageError("no command given; put it after --")
         if reuse_policy not in REUSE_POLICIES:
@@ -252,6 +259,16 @@ class Jobs:
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be positive")
         with self.store.write() as db:
+            same_request = (
+                db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone() if request_id else None
+            )
+            if same_request is not None:
+                if same_request["run_key"] != run_key:
+                    raise UsageError(
+                        f"--request-id {request_id} was already used for run key {same_request['run_key']}"
+                    )
+                job = job_json(self._mark_lost_locked(db, same_request["job_id"]))
+                return _start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
             existing, override = self._claim_decision(db, run_key, reuse_policy)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
@@ -271,6 +288,7 @@ class Jobs:
                 mode="sync" if sync else "async",
                 reuse_policy=reuse_policy,
                 override=override,
+                request_id=request_id,
             )
         return self._launch(job_id, sync=sync, start_timeout=start_timeout)
 
@@ -288,7 +306,10 @@ class Jobs:
         rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
         if rk is None or rk["attempts"] == 0 or policy == REUSE_ALWAYS:
             return None, None
-        previous: sqlite3.Row | dict = latest if latest is not None else tombstone_json(rk)
+        # The newest attempt decides. If `clean` removed it (older rows may remain),
+        # its outcome lives on in the run key's tombstone.
+        newest_kept = latest is not None and latest["attempt_no"] >= rk["attempts"]
+        previous: sqlite3.Row | dict = latest if newest_kept else tombstone_json(rk)
         if policy == REUSE_FAILED_ONLY and previous["status"] != "SUCCEEDED":
             return None, None
         t = now()
@@ -316,6 +337,7 @@ class Jobs:
         override: str | None = None,
         rerun_of: str | None = None,
         rerun_reason: str | None = None,
+        request_id: str | None = None,
     ) -> str:
         t = now()
         db.execute(
@@ -330,8 +352,8 @@ class Jobs:
             db.execute(
                 "INSERT INTO jobs (job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, "
                 "reuse_policy, strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, "
-                "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at) "
-                "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at, request_id) "
+                "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     run_key,
@@ -352,6 +374,7 @@ class Jobs:
                     rerun_reason,
                     t,
                     t,
+                    request_id,
                 ),
             )
         except sqlite3.IntegrityError as exc:
@@ -366,9 +389,18 @@ class Jobs:
 
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
         process.kill_point("start:claimed")
-        notify = spawn(self.db_path, job_id)
+        try:
+            notify = spawn(self.db_path, job_id)
+        except OSError as exc:  # fork/pipe limits: nothing was launched
+            self._abandon_unsupervised(job_id, f"could not spawn the supervisor: {exc}")
+            raise OrchesError(f"could not spawn the supervisor for job {job_id}: {exc}", job_id=job_id) from None
         process.kill_point("start:spawned")
-        notify.wait_for(b"W", timeout=max(start_timeout, 30.0))
+        if not notify.wait_for(b"W", timeout=max(start_timeout, 30.0)):
+            # The supervisor never recorded itself (exec failed, or it is stuck). The
+            # claimer (maybe a long-lived dispatcher) stays alive, so nobody else would
+            # ever judge this job dead: settle it now. A late supervisor finds the job
+            # no longer STARTING-without-worker and exits without running anything.
+            self._abandon_unsupervised(job_id, "the supervisor did not start")
         process.kill_point("start:worker-recorded")
         if not sync:
             notify.wait_for(b"T", timeout=start_timeout)
@@ -377,6 +409,15 @@ class Jobs:
             self.wait(job_id)
         job = job_json(self._judge(self._by_id(job_id)))
         return _start_reply(job, accepted=True, sync=sync, strict=job["strict"])
+
+    def _abandon_unsupervised(self, job_id: str, reason: str) -> None:
+        with self.store.write() as db:
+            t = now()
+            db.execute(
+                "UPDATE jobs SET status='LOST', error=?, finished_at=?, updated_at=? "
+                "WHERE job_id=? AND status='STARTING' AND worker_pid IS NULL",
+                (reason, t, t, job_id),
+            )
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job is terminal (or ``timeout``); returns its JSON.
@@ -553,10 +594,13 @@ class Jobs:
     # ----------------------------------------------------------- unlock/rerun
     def unlock(self, run_key: str, reason: str | None = None, ttl: float | None = None) -> dict[str, Any]:
         validate_run_key(run_key)
-        latest = self._latest(run_key)
-        if latest is not None:
-            latest = self._judge(latest)
         with self.store.write() as db:
+            # Judged under the write lock: a concurrent start cannot slip in between.
+            latest = db.execute(
+                "SELECT job_id FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
+            ).fetchone()
+            if latest is not None:
+                latest = self._mark_lost_locked(db, latest["job_id"])
             rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
             if rk is None or rk["attempts"] == 0:
                 raise NotFound(f"run key not found: {run_key}", run_key=run_key)

@@ -71,6 +71,12 @@ JOBS_MIGRATIONS = (
     CREATE INDEX jobs_active ON jobs (status) WHERE status IN ('STARTING','RUNNING');
     CREATE INDEX jobs_finished_at ON jobs (finished_at)
     """,
+    # A caller-chosen id per start *request*: a resent request (the reply was lost)
+    # returns the job the first copy created instead of being judged again.
+    """
+    ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL
+    """,
 )
 
 # --------------------------------------------------------------------------

@@ -42,6 +42,10 @@ def validate_run_key(run_key: str) -> str:
         raise UsageError(f"--run-key longer than {MAX_RUN_KEY_LEN} characters")
     if "\x00" in run_key:
         raise UsageError("--run-key must not contain NUL bytes")
+    try:
+        run_key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("--run-key must be valid UTF-8") from None
     return run_key
 
 

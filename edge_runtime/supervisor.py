@@ -127,6 +127,8 @@ def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, er
 
 
 def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
+    # Inherited on purpose through our exec; the command must not inherit it in turn.
+    os.set_inheritable(notify_fd, False)
     store = Store(db_path, JOBS_MIGRATIONS)
     db = store.conn
 

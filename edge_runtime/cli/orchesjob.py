@@ -101,6 +101,12 @@ def build_parser() -> Parser:
     )
     p.add_argument("--run-key", metavar="KEY", required=True, help="idempotency key (required)")
     add_start_options(p)
+    p.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="id of this start request: resending it (e.g. after a lost SSH reply) returns the job the first "
+        "copy created instead of applying the reuse policy again",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser(
@@ -194,7 +200,7 @@ def main(argv: list[str]) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             raise UsageError("orchesjob start: no command given; put it after --, e.g. start --run-key K -- CMD ARGS")
-        emit(jobs.start(command, args.run_key, sync=args.sync, **start_kwargs(args)))
+        emit(jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args)))
     elif cmd == "status":
         return _status(jobs, args)
     elif cmd == "result":
@@ -271,8 +277,8 @@ def _status(jobs, args) -> int:
         for stream in ("stdout", "stderr"):
             offset = getattr(args, stream + "_offset")
             if offset is not None:
-                if offset < 0:
-                    raise UsageError(f"--{stream}-offset must be >= 0")
+                if not 0 <= offset < 1 << 62:  # also keeps seek() within a file offset
+                    raise UsageError(f"--{stream}-offset must be between 0 and 2**62")
                 job[stream + "_chunk"] = read_chunk(job[stream + "_file"], offset, args.max_bytes)
     emit(job)
     return 0

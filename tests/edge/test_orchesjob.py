@@ -417,3 +417,36 @@ def test_foreign_database_is_refused_not_modified(runner):
     db = sqlite3.connect(path)
     assert [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["jobs"]
     db.close()
+
+
+def test_resent_start_request_returns_the_first_copys_job(runner):
+    # The first copy ran and failed; its reply was lost. The resend must not start attempt 2.
+    a = runner.ok("start", "--run-key", "rq", "--reuse-policy", "failed-only", "--request-id", "req-1", "--sync",
+                  "--", "false")  # fmt: skip
+    b = runner.ok("start", "--run-key", "rq", "--reuse-policy", "failed-only", "--request-id", "req-1", "--", "false")
+    assert a["status"] == "FAILED" and b["existing"] and b["job_id"] == a["job_id"]
+    c = runner.ok("start", "--run-key", "rq", "--reuse-policy", "failed-only", "--request-id", "req-2", "--", "true")
+    assert c["accepted"] and c["attempt_no"] == 2, "a new request is judged by the reuse policy"
+    r = runner.oj("start", "--run-key", "other", "--request-id", "req-1", "--", "true")
+    assert r.code == 2 and "already used" in r.error["error"]
+
+
+def test_cleaning_only_the_newest_attempt_keeps_its_outcome(runner):
+    runner.ok("start", "--run-key", "cn", "--sync", "--", "false")
+    second = runner.ok("start", "--run-key", "cn", "--sync", "--", "true")
+    runner.ok("clean", "--job-id", second["job_id"])
+    again = runner.ok("start", "--run-key", "cn", "--reuse-policy", "failed-only", "--", "true")
+    assert again["existing"] and again["purged"] and again["status"] == "SUCCEEDED", "a success is never re-run"
+
+
+def test_unusable_inputs_are_usage_errors(runner):
+    runner.ok("start", "--run-key", "u", "--sync", "--", "true")
+    r = runner.oj("status", "--run-key", "u", "--stdout-offset", "99999999999999999999")
+    assert r.code == 2 and r.error["error_type"] == "invalid_arguments"
+    r = runner.oj("status", "--run-key", b"\xff\xfe".decode("utf-8", "surrogateescape"))
+    assert r.code == 2
+
+
+def test_command_does_not_inherit_supervisor_fds(runner):
+    runner.ok("start", "--run-key", "fd", "--sync", "--", "sh", "-c", "ls /proc/$$/fd")
+    assert sorted(int(x) for x in runner.oj("logs", "--run-key", "fd").out.split()) == [0, 1, 2]

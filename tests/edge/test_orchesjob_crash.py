@@ -191,3 +191,25 @@ def test_live_job_is_never_marked_lost(runner):
         assert runner.ok("status", "--run-key", "live")["status"] == "RUNNING"
     assert [j["job_id"] for j in runner.ok("status", "--running")] == [job["job_id"]]
     assert wait_status(runner, "live")["status"] == "SUCCEEDED"
+
+
+def test_failed_supervisor_spawn_never_strands_the_job(tmp_path, monkeypatch):
+    # fork()/pipe() failing (EAGAIN, fd limits) cannot be staged reliably: simulate it in-process,
+    # where the claimer (think: the reservation dispatcher) stays alive afterwards.
+    from edge_runtime import supervisor
+    from edge_runtime.errors import OrchesError
+    from edge_runtime.jobs import Jobs
+
+    jobs = Jobs(str(tmp_path / "home"))
+
+    def no_fork(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(supervisor, "spawn", no_fork)
+    with pytest.raises(OrchesError, match="could not spawn"):
+        jobs.start(["true"], "spawn-fail", reuse_policy="failed-only")
+    lost = jobs.status(run_key="spawn-fail")
+    assert lost["status"] == "LOST" and "could not spawn" in lost["error"]
+    monkeypatch.undo()
+    again = jobs.start(["true"], "spawn-fail", reuse_policy="failed-only", sync=True)
+    assert again["accepted"] and again["attempt_no"] == 2 and again["status"] == "SUCCEEDED"
