@@ -19,4 +19,5 @@ CAPABILITIES = (
     "status-batch",
     "start-cwd-env-timeout",
     "forget-keys",
+    "start-request-id",
 )

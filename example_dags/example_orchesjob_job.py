@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow import DAG
 
@@ -27,5 +27,6 @@ with DAG(
         env={"IMPORT_MODE": "full"},
         timeout=600,  # host-side limit, enforced on the host even if Airflow is gone
         retries=2,  # retries reattach / adopt / start a new attempt, never a duplicate
+        retry_delay=timedelta(seconds=30),
         **COMMON,
     )

@@ -11,6 +11,7 @@ globs or non-ASCII arrive on the host byte for byte.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -23,6 +24,12 @@ TOOLS = (ORCHESJOB, RESERVER, FLOW)
 # A plain `pipx install` puts the CLIs in ~/.local/bin, which a non-interactive
 # SSH session usually does not have on PATH.
 DEFAULT_EXTRA_PATH = "$HOME/.local/bin"
+
+
+def number(value: float) -> str:
+    """A number for the command line: ``90`` or ``1.5``, never ``1e+06``."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _check_text(value: str, what: str) -> str:
@@ -52,7 +59,7 @@ def time_arg(value: datetime | str | int | float | None) -> str | None:
             raise ValueError(f"naive datetime {value!r}: give a timezone so the host cannot misread it")
         return value.isoformat()
     if isinstance(value, (int, float)):
-        return repr(float(value)) if isinstance(value, float) else str(value)
+        return number(value)
     return str(value)
 
 
@@ -67,12 +74,15 @@ def job_start(
     timeout: float | None = None,
     start_timeout: float | None = None,
     sync: bool = False,
+    request_id: str | None = None,
 ) -> list[str]:
     argv = [ORCHESJOB, "start", "--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
+    if request_id:
+        argv += ["--request-id", request_id]
     if sync:
         argv.append("--sync")
     if start_timeout is not None:
-        argv += ["--start-timeout", f"{start_timeout:g}"]
+        argv += ["--start-timeout", number(start_timeout)]
     if cwd:
         argv += ["--cwd", _check_text(cwd, "cwd")]
     for key, value in (env or {}).items():
@@ -80,7 +90,7 @@ def job_start(
             raise ValueError(f"invalid environment variable name: {key!r}")
         argv += ["--env", _check_text(f"{key}={value}", "env")]
     if timeout is not None:
-        argv += ["--timeout", f"{timeout:g}"]
+        argv += ["--timeout", number(timeout)]
     return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]
 
 
@@ -128,7 +138,7 @@ def job_stop(
 ) -> list[str]:
     if verb not in ("abort", "cancel"):
         raise ValueError(verb)
-    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace-seconds", f"{grace:g}"]
+    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace-seconds", number(grace)]
     return argv + (["--reason", reason] if reason else [])
 
 
@@ -198,7 +208,7 @@ def flow_status(run_key: str) -> list[str]:
 
 
 def flow_cancel(run_key: str, *, grace: float | None = None) -> list[str]:
-    return [FLOW, "cancel", "--run-key", run_key] + (["--grace-seconds", f"{grace:g}"] if grace is not None else [])
+    return [FLOW, "cancel", "--run-key", run_key] + (["--grace-seconds", number(grace)] if grace is not None else [])
 
 
 def flow_repair(run_key: str, *, detach: bool = True) -> list[str]:
@@ -221,7 +231,7 @@ def remote_command_line(
     """
     parts = []
     for key, value in (env or {}).items():
-        if not key.isidentifier():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise ValueError(f"invalid environment variable name: {key!r}")
         parts.append(f"export {key}={shlex.quote(_check_text(value, key))};")
     program = argv[0]

@@ -62,7 +62,7 @@ _ERROR_TYPES: dict[str, type[OrchesJobError]] = {
 }
 
 # What this provider needs from the host's runtime (see `orchesjob info`).
-REQUIRED_CAPABILITIES = ("reuse-policy", "result", "cancel", "status-log-chunks")
+REQUIRED_CAPABILITIES = ("reuse-policy", "result", "cancel", "status-log-chunks", "start-request-id")
 LOCAL = "local"
 
 
@@ -310,12 +310,16 @@ class OrchesJobHook(BaseHook):
         sync: bool = False,
     ) -> dict:
         """Start (or reattach to / adopt) the job of ``run_key``; see the reuse policies."""
+        import uuid
+
+        # One request id per call: if the reply is lost and the request is resent, the
+        # host returns the job the first copy created instead of judging the run key
+        # again (which, e.g. after a quick failure, would start another attempt).
         argv = commands.job_start(
             run_key, command, reuse_policy=reuse_policy, cwd=cwd, env=env, timeout=timeout,
-            start_timeout=start_timeout, sync=sync,
+            start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()),
         )  # fmt: skip
-        # Resending is safe when a repeat returns the existing attempt instead of a new one.
-        return self.run_cli(argv, resend_safe=reuse_policy in ("failed-only", "never"), timeout=None if sync else 300)
+        return self.run_cli(argv, timeout=None if sync else 300)
 
     def job_status(
         self,
@@ -425,10 +429,12 @@ class OrchesJobHook(BaseHook):
     def start_flow(self, run_key: str, definition: Mapping | str, *, detach: bool = True) -> dict:
         """Start (or resume) a flow run; a dict/JSON/YAML definition is sent on stdin."""
         text = definition if isinstance(definition, str) else json.dumps(dict(definition))
-        return self.run_cli(commands.flow_start(run_key, flow_file="-", detach=detach), stdin=text.encode())
+        # Exit 1 = the run (already) ended FAILED/CANCELLED: still the flow JSON.
+        argv = commands.flow_start(run_key, flow_file="-", detach=detach)
+        return self.run_cli(argv, stdin=text.encode(), ok_codes=(0, 1))
 
     def start_flow_file(self, run_key: str, path_on_host: str, *, detach: bool = True) -> dict:
-        return self.run_cli(commands.flow_start(run_key, flow_file=path_on_host, detach=detach))
+        return self.run_cli(commands.flow_start(run_key, flow_file=path_on_host, detach=detach), ok_codes=(0, 1))
 
     def flow_status(self, run_key: str) -> dict:
         return self.run_cli(commands.flow_status(run_key))
@@ -443,4 +449,4 @@ class OrchesJobHook(BaseHook):
         return await self.arun_cli(commands.flow_cancel(run_key, grace=grace))
 
     def repair_flow(self, run_key: str, *, detach: bool = True) -> dict:
-        return self.run_cli(commands.flow_repair(run_key, detach=detach))
+        return self.run_cli(commands.flow_repair(run_key, detach=detach), ok_codes=(0, 1))

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -164,7 +165,12 @@ class LocalTransport:
             )
         except FileNotFoundError:
             return CommandResult(127, b"", f"{argv[0]}: not found".encode())
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise OrchesJobConnectionError(f"{argv[0]} timed out after {timeout} s", sent=True) from None
         return CommandResult(proc.returncode or 0, out, err)
 
     def close(self) -> None:
@@ -252,10 +258,10 @@ class SSHTransport:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             raise OrchesJobConnectionError(f"cannot open SSH session on {self.host_id}: {exc}") from exc
-        sent = False
+        # From here the host may run the command even if we never hear back.
+        sent = True
         try:
             chan.exec_command(line)
-            sent = True
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
@@ -373,15 +379,20 @@ class _SharedConnection:
                 self.conn = None
 
 
-# Per process (and event loop): every trigger polling the same host shares one connection.
-_POOL: dict[tuple, _SharedConnection] = {}
+# Per event loop (one per triggerer process): every trigger polling the same host
+# shares one connection. Keyed by the loop object itself, weakly, so a finished loop
+# takes its connections with it and a new loop never inherits a stale entry.
+_POOL: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _SharedConnection]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def shared_connection(config: SSHConfig) -> _SharedConnection:
-    key = (config.conn_id, config.host, config.port, config.username, id(asyncio.get_running_loop()))
-    shared = _POOL.get(key)
+    per_loop = _POOL.setdefault(asyncio.get_running_loop(), {})
+    key = (config.conn_id, config.host, config.port, config.username)
+    shared = per_loop.get(key)
     if shared is None:
-        shared = _POOL[key] = _SharedConnection(config)
+        shared = per_loop[key] = _SharedConnection(config)
     return shared
 
 

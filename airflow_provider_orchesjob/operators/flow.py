@@ -22,11 +22,14 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
     :param flow_path_on_host: a flow file that already lives on the host.
     :param flow_run_key: templated; default derived from the task instance (a retry resumes
         the same flow run: succeeded steps are not re-run).
+    :param repair_on_retry: when the flow run already ended FAILED/CANCELLED (a retry, or a
+        cleared task), ``repair`` it — re-run its failed, cancelled and skipped steps — instead
+        of failing again at once.
     :return: the final flow JSON (XCom).
     """
 
-    template_fields: Sequence[str] = (*OrchesJobBaseOperator.template_fields, "flow", "flow_path_on_host",
-                                      "flow_run_key")  # fmt: skip
+    # Not flow_path_on_host: template_ext would make Airflow load that host path on the worker.
+    template_fields: Sequence[str] = (*OrchesJobBaseOperator.template_fields, "flow", "flow_run_key")
     template_ext: Sequence[str] = (".yaml", ".yml", ".json")
 
     def __init__(
@@ -35,9 +38,11 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         flow: Mapping[str, Any] | str | None = None,
         flow_path_on_host: str | None = None,
         flow_run_key: str | None = None,
+        repair_on_retry: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.repair_on_retry = repair_on_retry
         if (flow is None) == (flow_path_on_host is None):
             raise ValueError("give exactly one of flow or flow_path_on_host")
         self.flow = flow
@@ -54,6 +59,11 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
             started = self.hook.start_flow(run_key, definition)
         self.log.info("flow %s run %s: %s (%d steps)", started.get("flow_id"), run_key, started.get("status"),
                       len(started.get("steps", [])))  # fmt: skip
+        if started.get("status") in ("FAILED", "CANCELLED") and self.repair_on_retry:
+            # A retry (or a cleared task) of a flow that already ended badly: re-run its
+            # failed, cancelled and skipped steps; succeeded steps are kept, never re-run.
+            started = self.hook.repair_flow(run_key)
+            self.log.info("repairing flow run %s: %s", run_key, started.get("status"))
         if started.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
             return self.finish(started)
         self.defer(

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..compat import AirflowException
+from ..hooks.commands import number
 from ..triggers.orchesjob import OrchesJobReservationTrigger
 from ..utils.run_key import run_key_from_context
 from .job import OrchesJobStartOperator
@@ -45,6 +46,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         self.metadata = metadata
         self.start_options = list(start_options)
         self.wait_for_completion = wait_for_completion
+        if wait_for_completion and not self.deferrable:
+            raise ValueError("wait_for_completion=True needs deferrable=True (the wait happens in the triggerer)")
 
     def _start_options(self) -> list[str]:
         options = ["--reuse-policy", self.reuse_policy, *self.start_options]
@@ -53,7 +56,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         for key, value in (self.env or {}).items():
             options += ["--env", f"{key}={value}"]
         if self.timeout:
-            options += ["--timeout", f"{self.timeout:g}"]
+            options += ["--timeout", number(self.timeout)]
         return options
 
     def execute(self, context: Any) -> Any:
@@ -76,9 +79,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             return res
         trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=res.get("job_id"),
                                               **self.trigger_kwargs())  # fmt: skip
-        if self.deferrable:
-            self.defer(trigger=trigger, method_name="execute_complete")
-        raise AirflowException("wait_for_completion needs deferrable=True")
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") == "reservation_ended":

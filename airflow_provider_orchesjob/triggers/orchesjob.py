@@ -29,6 +29,7 @@ from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotF
 ACTIVE_JOB = ("STARTING", "RUNNING")
 TAIL_BYTES = 4096
 CATCH_UP_BYTES = 1 << 20
+ABORT_TIMEOUT = 25.0  # below Airflow's default on_kill budget (30 s)
 
 
 def chunk_bytes(chunk: dict | None) -> bytes:
@@ -164,9 +165,10 @@ class _PollingTrigger(BaseTrigger):
             await self._abort_quietly("task killed by a user while deferred")
 
     async def _abort_quietly(self, reason: str) -> None:
+        # Bounded: Airflow gives on_kill limited time, and a dead host must not hang the triggerer.
         try:
-            await self.abort_remote(await self.hook(), reason)
-        except OrchesJobError as exc:  # already finished, or host unreachable
+            await asyncio.wait_for(self.abort_remote(await self.hook(), reason), ABORT_TIMEOUT)
+        except (OrchesJobError, asyncio.TimeoutError) as exc:  # already finished, or host unreachable
             self.log.warning("could not stop remote work (%s): %s", reason, exc)
 
     async def _task_was_killed(self) -> bool:

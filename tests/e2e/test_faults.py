@@ -102,3 +102,11 @@ def test_trigger_serializes_all_state(e2e_conn):
     again = OrchesJobTrigger(**kwargs)
     assert again.serialize() == (path, kwargs)
     assert kwargs["stdout_offset"] == 10 and kwargs["stderr_offset"] == 3
+
+
+def test_flow_retry_repairs_without_rerunning_succeeded_steps(e2e_conn, ssh_server, edge_home):
+    mark = f"{edge_home}/flowmark"
+    dr = load_dag("e2e_flow_retry").test(run_conf={"mark": mark, "run_key": f"fr-{uuid.uuid4().hex[:8]}"})
+    assert dr.state == "success"
+    assert host_lines(ssh_server, mark + ".A") == ["A"], "the succeeded step ran once"
+    assert host_lines(ssh_server, mark + ".B") == ["B", "B"], "the failed step ran again in the repair"

@@ -127,13 +127,9 @@ def test_non_idempotent_command_is_never_resent_after_it_may_have_arrived():
     with pytest.raises(OrchesJobConnectionError, match="not safe to resend"):
         _hook_with(transport).rerun_job("k")
     assert len(transport.calls) == 1
-    transport = _DroppingTransport(sent=True, results=[])
-    with pytest.raises(OrchesJobConnectionError, match="not safe to resend"):
-        _hook_with(transport).start_job("k", ["x"], reuse_policy="always")
-    assert len(transport.calls) == 1
 
 
-def test_run_key_guarded_start_is_resent_and_returns_the_existing_job():
+def test_start_is_resent_as_the_same_request():
     job = b'{"job_id": "j1", "existing": true}'
     transport = _DroppingTransport(sent=True, results=[])
     transport.results = []
@@ -147,5 +143,8 @@ def test_run_key_guarded_start_is_resent_and_returns_the_existing_job():
         return original(argv, stdin, timeout)
 
     transport.run = run
-    assert hook.start_job("k", ["x"])["job_id"] == "j1"
+    assert hook.start_job("k", ["x"], reuse_policy="always")["job_id"] == "j1"
+    # The resend is the same request (same --request-id), so the host returns the first copy's job
+    # whatever the reuse policy (see tests/edge/test_orchesjob.py::test_resent_start_request_...).
     assert len(transport.calls) == 2 and transport.calls[0] == transport.calls[1]
+    assert "--request-id" in transport.calls[0]

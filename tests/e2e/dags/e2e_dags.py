@@ -77,3 +77,17 @@ with DAG(dag_id="e2e_sensors", start_date=datetime(2026, 1, 1), schedule=None) a
         task_id="wait_flow", flow_run_key="e2e-flow-{{ run_id }}", ssh_conn_id=_CONN, deferrable=True,
         poke_interval=0.5,
     )  # fmt: skip
+
+# A flow whose step fails on the first try only: the Airflow retry repairs the flow run.
+with DAG(dag_id="e2e_flow_retry", start_date=datetime(2026, 1, 1), schedule=None) as e2e_flow_retry:
+    OrchesJobFlowOperator(
+        task_id="flow",
+        flow={"flow_id": "retry", "steps": [
+            {"id": "A", "command": ["sh", "-c", "echo A >> \"$MARK.A\""],
+             "env": {"MARK": "{{ dag_run.conf['mark'] }}"}},
+            {"id": "B", "when": "A", "env": {"MARK": "{{ dag_run.conf['mark'] }}"}, "command": [
+                "sh", "-c", "echo B >> \"$MARK.B\"; [ $(wc -l < \"$MARK.B\") -ge 2 ]"]},
+        ]},
+        flow_run_key="{{ dag_run.conf['run_key'] }}", ssh_conn_id=_CONN, poll_interval=0.3, retries=1,
+        retry_delay=0,
+    )  # fmt: skip
