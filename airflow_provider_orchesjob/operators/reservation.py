@@ -10,6 +10,7 @@ from ..compat import AirflowException
 from ..hooks.commands import number
 from ..triggers.orchesjob import OrchesJobReservationTrigger
 from ..utils.run_key import run_key_from_context
+from .base import TERMINAL_FAILURES
 from .job import OrchesJobStartOperator
 
 
@@ -77,7 +78,16 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         )  # fmt: skip
         if not self.wait_for_completion:
             return res
-        trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=res.get("job_id"),
+        job_id = res.get("job_id")
+        if job_id and self.hook.job_status(job_id=job_id)["status"] in TERMINAL_FAILURES:
+            # A retry after the dispatched job failed: like the start operator, start the next
+            # attempt now under the same run key (the reuse policy still adopts a success).
+            job = self.hook.start_job(run_key, self.command, reuse_policy=self.reuse_policy, cwd=self.cwd,
+                                      env=self.env, timeout=self.timeout)  # fmt: skip
+            self.log.info("dispatched job %s had failed: started attempt %s (job %s)", job_id, job["attempt_no"],
+                          job["job_id"])  # fmt: skip
+            job_id = job["job_id"]
+        trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
                                               **self.trigger_kwargs())  # fmt: skip
         self.defer(trigger=trigger, method_name="execute_complete")
 

@@ -110,3 +110,14 @@ def test_flow_retry_repairs_without_rerunning_succeeded_steps(e2e_conn, ssh_serv
     assert dr.state == "success"
     assert host_lines(ssh_server, mark + ".A") == ["A"], "the succeeded step ran once"
     assert host_lines(ssh_server, mark + ".B") == ["B", "B"], "the failed step ran again in the repair"
+
+
+def test_reservation_retry_after_failed_dispatch_starts_next_attempt(e2e_conn, dispatcher, ssh_server, edge_home):
+    mark = f"{edge_home}/resmark"
+    run_key = f"rr-{uuid.uuid4().hex[:8]}"
+    dr = load_dag("e2e_reservation_retry").test(run_conf={"mark": mark, "run_key": run_key})
+    assert dr.state == "success"
+    assert host_lines(ssh_server, mark) == ["run", "run"], "one dispatched run, one retry: never more"
+    history = json.loads(ssh_server.ssh(f"ORCHESJOB_HOME={edge_home} ~/.local/bin/orchesjob status --run-key "
+                                        f"{run_key} --all").stdout)  # fmt: skip
+    assert [j["status"] for j in history] == ["SUCCEEDED", "FAILED"]

@@ -91,3 +91,13 @@ with DAG(dag_id="e2e_flow_retry", start_date=datetime(2026, 1, 1), schedule=None
         flow_run_key="{{ dag_run.conf['run_key'] }}", ssh_conn_id=_CONN, poll_interval=0.3, retries=1,
         retry_delay=0,
     )  # fmt: skip
+
+# A reserved job that fails the first time: the Airflow retry starts attempt 2 at once.
+with DAG(dag_id="e2e_reservation_retry", start_date=datetime(2026, 1, 1), schedule=None) as e2e_reservation_retry:
+    OrchesJobReserveOperator(
+        task_id="reserve",
+        command=["sh", "-c", 'echo run >> "$MARK"; [ $(wc -l < "$MARK") -ge 2 ]'],
+        env={"MARK": "{{ dag_run.conf['mark'] }}"},
+        run_key="{{ dag_run.conf['run_key'] }}", wait_for_completion=True, ssh_conn_id=_CONN, poll_interval=0.3,
+        retries=1, retry_delay=0,
+    )  # fmt: skip
