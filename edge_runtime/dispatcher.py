@@ -66,6 +66,14 @@ KILL_POINTS = (
 )
 
 
+def _request_id(reservation_id: str) -> str:
+    """The start request id of a reservation's dispatch: recovery finds its job exactly.
+
+    Reused when a reservation is requeued, which is only done when no job carries it.
+    """
+    return "reservation:" + reservation_id
+
+
 class Dispatcher:
     """One foreground dispatcher over one reservation database."""
 
@@ -261,7 +269,7 @@ class Dispatcher:
         )
         kill_point("reserver:start-logged")
         try:
-            job = self.client.start(command, run_key, options)
+            job = self.client.start(command, run_key, options, request_id=_request_id(rid))
         except OrchesError as exc:
             error = exc.message
         except Exception as exc:  # noqa: BLE001 - recorded on the reservation
@@ -275,7 +283,7 @@ class Dispatcher:
         # The start failed — but a job may exist anyway (e.g. a foreign start
         # that crashed after creating it). Never leave it unlinked.
         try:
-            job = self.client.find_started_since(run_key, claimed_at)
+            job = self.client.find_started_since(run_key, claimed_at, request_id=_request_id(rid))
         except OrchesError:
             job = None
         if job is not None:
@@ -294,7 +302,7 @@ class Dispatcher:
         settled = []
         for row in rows:
             rid, run_key = row["reservation_id"], row["run_key"]
-            job = self.client.find_started_since(run_key, row["dispatch_claimed_at"])
+            job = self.client.find_started_since(run_key, row["dispatch_claimed_at"], request_id=_request_id(rid))
             if job is not None:
                 self.res.mark_dispatched(
                     rid, job["job_id"], note="recovered from DISPATCHING: linked to the job started before a restart"

@@ -106,11 +106,14 @@ class JobClient:
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         """Start (or get back) the job of ``run_key``; the returned dict has ``job_id``.
 
         ``options`` are ``orchesjob start`` options; ``cwd``/``env`` are where and
-        with which extra variables the command runs.
+        with which extra variables the command runs. ``request_id`` (in-process
+        only; a foreign binary may not know ``--request-id``) makes the start
+        findable exactly by :meth:`find_started_since` after a crash.
         """
         raise NotImplementedError
 
@@ -134,7 +137,7 @@ class JobClient:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    def find_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
+    def find_started_since(self, run_key: str, since: float, request_id: str | None = None) -> dict[str, Any] | None:
         """The first job of ``run_key`` created at or after ``since``, if any.
 
         This is how a dispatcher that lost track of a start (crash, timeout,
@@ -198,6 +201,7 @@ class InProcessJobClient(JobClient):
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         kwargs = parse_start_options(options)
         if cwd is not None:
@@ -205,7 +209,7 @@ class InProcessJobClient(JobClient):
         if env:
             # The job layer stores the extra variables; the command inherits the rest.
             kwargs["env"] = {**(kwargs["env"] or {}), **env}
-        return self.jobs.start(list(command), run_key, **kwargs)
+        return self.jobs.start(list(command), run_key, request_id=request_id, **kwargs)
 
     def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
         _selector(run_key, job_id)
@@ -228,7 +232,10 @@ class InProcessJobClient(JobClient):
         _selector(run_key, job_id)
         return self.jobs.stop(run_key, job_id, status="ABORTED", reason=reason, grace=5.0 if grace is None else grace)
 
-    def find_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
+    def find_started_since(self, run_key: str, since: float, request_id: str | None = None) -> dict[str, Any] | None:
+        if request_id is not None:
+            # Exact: the job this very request created (or none), whatever the clocks did.
+            return self.jobs.by_request(request_id)
         return self.jobs.first_started_since(run_key, since)
 
     def waitables(self, job_ids: Sequence[str]) -> list[tuple[int, int, str]] | None:
@@ -320,6 +327,7 @@ class SubprocessJobClient(JobClient):
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
         # Releases without --cwd/--env: the command inherits our cwd and environment.
         job = self._job(["start", "--run-key", run_key, *options, "--", *command], cwd=cwd, env=env)
@@ -350,7 +358,7 @@ class SubprocessJobClient(JobClient):
             args += ["--grace-seconds", f"{grace:g}"]
         return self._job(args)
 
-    def find_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
+    def find_started_since(self, run_key: str, since: float, request_id: str | None = None) -> dict[str, Any] | None:
         try:
             jobs = self._json(["status", "--all", "--run-key", run_key])
         except NotFound:

@@ -498,6 +498,11 @@ class Jobs:
         )
         return None if row is None else self.status(job_id=row["job_id"])
 
+    def by_request(self, request_id: str) -> dict[str, Any] | None:
+        """The status of the job a ``start --request-id`` created, if any (exact, clock-free)."""
+        row = self.store.one("SELECT job_id FROM jobs WHERE request_id = ?", (request_id,))
+        return None if row is None else self.status(job_id=row["job_id"])
+
     def supervisors(self, job_ids: Iterable[str]) -> list[tuple[int, int, str]] | None:
         """Identities (pid, start time, boot id) of the recorded supervisors of active jobs.
 
