@@ -90,7 +90,14 @@ def test_random_sigkill_of_detached_loop_resumes_exactly(runner, tmp_path):
         assert again.code == 0, again.err
         assert again.json["status"] == "SUCCEEDED"
         assert_each_ran_once(markers)
-        assert all(s["attempt_no"] == 1 for s in again.json["steps"])
+        for s in again.json["steps"]:
+            if s["attempt_no"] == 1:
+                continue
+            # Only one way to a second attempt here: the kill fell between the job's claim and
+            # its supervisor's launch, so attempt 1 provably never ran (and was not counted).
+            assert s["attempt_no"] == 2, s
+            first = runner.ok("status", "--run-key", f"{key}:{s['id']}:1")
+            assert first["status"] == "LOST" and first["worker_pid"] is None, first
 
 
 def test_two_loops_never_both_advance(runner, tmp_path):
