@@ -119,6 +119,8 @@ def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, al
     p.add_argument("--after", metavar="DATETIME", help=after)
     p.add_argument("--all", action="store_true", help=all_)
     p.add_argument("--job-id", metavar="ID", help=job_id)
+    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
 
 
 def clean_window(args: argparse.Namespace) -> dict[str, float | None]:

@@ -152,8 +152,6 @@ def build_parser() -> Parser:
         all_="all terminal jobs",
         job_id="one specific terminal job",
     )
-    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
-    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     p.add_argument(
         "--forget-keys",
         action="store_true",

@@ -164,8 +164,6 @@ def build_parser() -> Parser:
         job_id="the reservation linked to this job",
     )
     p.add_argument("--reservation-id", metavar="ID", help="one reservation")
-    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
-    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     return parser
 
 
