@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -81,20 +82,52 @@ def build_wheel(dest: str) -> str:
     return os.path.join(dest, wheels[-1])
 
 
-def as_user(user: pwd.struct_passwd, argv: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {
+def _user_env(user: pwd.struct_passwd) -> dict[str, str]:
+    return {
         "HOME": user.pw_dir,
         "USER": user.pw_name,
         "LOGNAME": user.pw_name,
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
     }
-    return _run([_sbin("runuser"), "-u", user.pw_name, "--", *argv], env=env, cwd="/", **kw)
+
+
+def as_user(user: pwd.struct_passwd, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return _run([_sbin("runuser"), "-u", user.pw_name, "--", *argv], env=_user_env(user), cwd="/", **kw)
+
+
+DIST = "airflow-provider-orchesjob"
 
 
 def pipx_install(user: pwd.struct_passwd, wheel: str) -> None:
-    # pip needs PyYAML from the index; --force reinstalls the checkout's current code.
-    as_user(user, ["pipx", "install", "--force", wheel], timeout=600)
+    """Install this checkout's wheel for ``user`` and prove the installed runtime is this code.
+
+    ``pipx install --force`` keeps an installed copy whose version number equals the wheel's
+    (pip calls it "already satisfied"), and a checkout does not bump its version per commit:
+    on a machine reused between runs the tests would silently exercise an older runtime.
+    So the old copy is removed first, and the result is checked against the checkout.
+    """
+    subprocess.run(
+        [_sbin("runuser"), "-u", user.pw_name, "--", "pipx", "uninstall", DIST],
+        env=_user_env(user), cwd="/", capture_output=True, timeout=120,
+    )  # fmt: skip
+    as_user(user, ["pipx", "install", wheel], timeout=600)
+    verify_runtime(user)
+
+
+def verify_runtime(user: pwd.struct_passwd) -> None:
+    """Fail unless ``~/.local/bin/orchesjob`` of ``user`` reports this checkout's version and capabilities."""
+    sys.path.insert(0, ROOT)
+    try:
+        import edge_runtime
+    finally:
+        sys.path.remove(ROOT)
+    binary = os.path.join(user.pw_dir, ".local", "bin", "orchesjob")
+    info = json.loads(as_user(user, [binary, "info"], timeout=60).stdout)
+    want = {"version": edge_runtime.__version__, "capabilities": sorted(edge_runtime.CAPABILITIES)}
+    got = {"version": info.get("version"), "capabilities": sorted(info.get("capabilities", []))}
+    if got != want:
+        raise RuntimeError(f"the runtime installed for {user.pw_name} is not this checkout's: {got} != {want}")
 
 
 @dataclass
