@@ -97,6 +97,22 @@ def as_user(user: pwd.struct_passwd, argv: list[str], **kw) -> subprocess.Comple
 
 
 DIST = "airflow-provider-orchesjob"
+# What the tests leave in the dedicated user's home; removed at start so that a machine
+# reused between runs starts from the same state as a fresh one.
+STATE_DIRS = (
+    ".orchesjob-tests",
+    ".orchesjob-e2e",
+    ".orchesjob-demo",
+    ".local/share/orchesjob",
+    ".local/share/orchesjob-flow",
+)
+
+
+def reset_user_state(user: pwd.struct_passwd) -> None:
+    # Jobs of an interrupted earlier run (supervisors are detached by design) would hold the files open.
+    subprocess.run(["pkill", "-KILL", "-u", user.pw_name], capture_output=True)
+    for rel in STATE_DIRS:
+        shutil.rmtree(os.path.join(user.pw_dir, rel), ignore_errors=True)
 
 
 def pipx_install(user: pwd.struct_passwd, wheel: str) -> None:
@@ -148,6 +164,7 @@ class SSHServer:
         os.makedirs(workdir, exist_ok=True)
         os.chmod(workdir, 0o755)
         user = ensure_user()
+        reset_user_state(user)
         for name in ("host_ed25519", "client_ed25519"):
             path = os.path.join(workdir, name)
             if not os.path.exists(path):
