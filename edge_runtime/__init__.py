@@ -20,4 +20,5 @@ CAPABILITIES = (
     "start-cwd-env-timeout",
     "forget-keys",
     "start-request-id",
+    "status-batch-poll",
 )

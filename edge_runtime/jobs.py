@@ -159,6 +159,48 @@ def read_chunk(path: str, offset: int, max_bytes: int) -> dict[str, Any]:
     return chunk
 
 
+def add_log_chunks(
+    job: dict[str, Any],
+    stdout_offset: int | None = None,
+    stderr_offset: int | None = None,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Attach ``stdout_chunk``/``stderr_chunk`` for the offsets given (a poller's one call per poll)."""
+    if not 1 <= max_bytes <= MAX_CHUNK_BYTES:
+        raise UsageError(f"max_bytes must be between 1 and {MAX_CHUNK_BYTES}")
+    for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):
+        if offset is None:
+            continue
+        if not 0 <= offset < 1 << 62:  # also keeps seek() within a file offset
+            raise UsageError(f"{stream} offset must be between 0 and 2**62")
+        job[stream + "_chunk"] = read_chunk(job[stream + "_file"], offset, max_bytes)
+    return job
+
+
+POLL_SELECTORS = ("run_key", "job_id")
+POLL_FIELDS = (*POLL_SELECTORS, "stdout_offset", "stderr_offset", "max_bytes")
+
+
+def parse_poll_requests(data: Any) -> list[dict[str, Any]]:
+    """Validate ``status --batch`` input: a JSON array of {run_key|job_id, stdout_offset?, stderr_offset?, max_bytes?}."""
+    if not isinstance(data, list):
+        raise UsageError("--batch expects a JSON array of objects")
+    for i, req in enumerate(data):
+        if not isinstance(req, dict):
+            raise UsageError(f"--batch entry {i} is not an object")
+        unknown = sorted(set(req) - set(POLL_FIELDS))
+        if unknown:
+            raise UsageError(f"--batch entry {i}: unknown field(s) {unknown}; allowed: {list(POLL_FIELDS)}")
+        selectors = [k for k in POLL_SELECTORS if req.get(k) is not None]
+        if len(selectors) != 1 or not isinstance(req[selectors[0]], str):
+            raise UsageError(f"--batch entry {i}: give exactly one of run_key or job_id, as a string")
+        for field in POLL_FIELDS[2:]:
+            value = req.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"--batch entry {i}: {field} must be an integer")
+    return data
+
+
 class Jobs:
     """The job runner's operations over one ``orchesjob.db`` and its logs."""
 
@@ -471,6 +513,23 @@ class Jobs:
                     out.append(self.status(**{kind: value}))
                 except NotFound as exc:
                     out.append({kind: value, "status": None, "error": exc.message, "error_type": exc.kind})
+        return out
+
+    def poll_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Status plus log chunks for many pollers in one process (see ``parse_poll_requests``)."""
+        out: list[dict[str, Any]] = []
+        for req in requests:
+            selector = {k: req[k] for k in POLL_SELECTORS if req.get(k) is not None}
+            max_bytes = req.get("max_bytes")
+            try:
+                job = self.status(**selector)
+                add_log_chunks(job, req.get("stdout_offset"), req.get("stderr_offset"),
+                               DEFAULT_CHUNK_BYTES if max_bytes is None else max_bytes)  # fmt: skip
+            except (NotFound, UsageError) as exc:
+                # Reported per entry: one poller's bad or vanished job must not fail the others' polls.
+                out.append({**selector, "status": None, "error": exc.message, "error_type": exc.kind})
+                continue
+            out.append(job)
         return out
 
     def history(self, run_key: str) -> list[dict[str, Any]]:

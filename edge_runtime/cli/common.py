@@ -150,3 +150,18 @@ def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
             raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
         env[key] = value
     return env
+
+
+def read_json_input(path: str, option: str) -> Any:
+    """JSON from a file named by ``option``, or from stdin for ``-``."""
+    try:
+        if path == "-":
+            text = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                text = f.read()
+        return json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # also invalid UTF-8
+        raise UsageError(f"{option}: not valid JSON: {exc}") from None

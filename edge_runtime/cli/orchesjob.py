@@ -8,7 +8,7 @@ import sys
 from .. import __version__
 from ..errors import UsageError
 from ..timefmt import parse_duration, parse_seconds
-from .common import Parser, add_clean_options, clean_window, emit, parse_env_pairs, run_cli
+from .common import Parser, add_clean_options, clean_window, emit, parse_env_pairs, read_json_input, run_cli
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -114,7 +114,11 @@ def build_parser() -> Parser:
         help="status of a job, a run key's history, several jobs, or all running jobs",
         description="Without --all: the newest job as one JSON object. With several --run-key/--job-id: "
         "a JSON array, one entry per selector. --stdout-offset/--stderr-offset add the next chunk of "
-        "the log from that byte offset (one job only), so a poller needs one call per poll.",
+        "the log from that byte offset (one job only), so a poller needs one call per poll. --batch serves "
+        "many pollers in one call: it reads a JSON array of "
+        '{"run_key" or "job_id", "stdout_offset", "stderr_offset", "max_bytes"} objects and prints one '
+        "entry per object, in order (a missing job is an entry with status null and error_type, not a "
+        "failure of the call).",
     )
     p.add_argument("--run-key", metavar="KEY", action="append", help="look up by run key (repeatable)")
     p.add_argument("--job-id", metavar="ID", action="append", help="look up by job id (repeatable)")
@@ -125,6 +129,7 @@ def build_parser() -> Parser:
     p.add_argument(
         "--max-bytes", metavar="N", type=int, default=65536, help="maximum bytes per log chunk (default: 65536)"
     )
+    p.add_argument("--batch", metavar="FILE", help="JSON array of lookups with log offsets ('-' = stdin)")
 
     p = sub.add_parser(
         "result",
@@ -249,6 +254,13 @@ def main(argv: list[str]) -> int:
 def _status(jobs, args) -> int:
     keys, ids = args.run_key or [], args.job_id or []
     chunks = args.stdout_offset is not None or args.stderr_offset is not None
+    if args.batch is not None:
+        if keys or ids or args.running or args.all or chunks:
+            raise UsageError("--batch cannot be combined with other selectors or offsets")
+        from ..jobs import parse_poll_requests
+
+        emit(jobs.poll_many(parse_poll_requests(read_json_input(args.batch, "--batch"))))
+        return 0
     if args.running:
         if keys or ids or args.all or chunks:
             raise UsageError("--running cannot be combined with other selectors")
@@ -268,16 +280,9 @@ def _status(jobs, args) -> int:
         return 0
     job = jobs.status(keys[0] if keys else None, ids[0] if ids else None)
     if chunks:
-        from ..jobs import MAX_CHUNK_BYTES, read_chunk
+        from ..jobs import add_log_chunks
 
-        if not 1 <= args.max_bytes <= MAX_CHUNK_BYTES:
-            raise UsageError(f"--max-bytes must be between 1 and {MAX_CHUNK_BYTES}")
-        for stream in ("stdout", "stderr"):
-            offset = getattr(args, stream + "_offset")
-            if offset is not None:
-                if not 0 <= offset < 1 << 62:  # also keeps seek() within a file offset
-                    raise UsageError(f"--{stream}-offset must be between 0 and 2**62")
-                job[stream + "_chunk"] = read_chunk(job[stream + "_file"], offset, args.max_bytes)
+        add_log_chunks(job, args.stdout_offset, args.stderr_offset, args.max_bytes)
     emit(job)
     return 0
 

@@ -208,6 +208,51 @@ def test_status_log_chunks_from_offsets(runner):
     assert job["stdout_chunk"]["data"] == "" and job["stdout_chunk"]["next_offset"] == len(whole)
 
 
+def test_status_batch_serves_many_pollers_in_one_call(runner, tmp_path):
+    done = runner.ok("start", "--run-key", "p1", "--sync", "--", "sh", "-c", "printf 'out1'; printf 'err1' >&2")
+    slow = runner.ok("start", "--run-key", "p2", "--", "sh", "-c", "printf 'x'; sleep 3")
+    requests = [
+        {"run_key": "p1", "stdout_offset": 0, "stderr_offset": 3},
+        {"job_id": slow["job_id"]},
+        {"run_key": "missing", "stdout_offset": 0},
+        {"run_key": "p1", "stdout_offset": -1},  # bad input fails its own entry only
+        {"run_key": "p1", "stdout_offset": 2, "max_bytes": 1},
+    ]
+    out = runner.ok("status", "--batch", "-", input=json.dumps(requests))
+    assert len(out) == len(requests)
+    assert out[0]["job_id"] == done["job_id"] and out[0]["status"] == "SUCCEEDED"
+    assert out[0]["stdout_chunk"]["data"] == "out1" and out[0]["stderr_chunk"]["data"] == "1"
+    assert out[1]["job_id"] == slow["job_id"] and out[1]["status"] == "RUNNING" and "stdout_chunk" not in out[1]
+    assert out[2] == {"run_key": "missing", "status": None, "error": "run key not found: missing",
+                      "error_type": "not_found"}  # fmt: skip
+    assert out[3]["status"] is None and out[3]["error_type"] == "invalid_arguments"
+    assert out[4]["stdout_chunk"] == {"offset": 2, "next_offset": 3, "size": 4, "encoding": "utf-8", "data": "t"}
+    # Same answer from a file as from stdin.
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps(requests[:1]))
+    assert runner.ok("status", "--batch", str(path))[0]["stdout_chunk"] == out[0]["stdout_chunk"]
+    assert runner.ok("status", "--batch", "-", input="[]") == []
+    runner.ok("abort", "--run-key", "p2", "--grace-seconds", "1")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"run_key": "a"}', "not json", '["a"]', '[{"run_key": "a", "extra": 1}]', '[{"run_key": "a", "job_id": "b"}]',
+     '[{}]', '[{"run_key": 5}]', '[{"run_key": "a", "stdout_offset": "0"}]', '[{"run_key": "a", "max_bytes": true}]'],
+)  # fmt: skip
+def test_status_batch_refuses_malformed_input(runner, text):
+    r = runner.oj("status", "--batch", "-", input=text)
+    assert r.code == 2 and r.error["error_type"] == "invalid_arguments" and "--batch" in r.error["error"]
+    assert r.out == ""
+
+
+def test_status_batch_is_exclusive_and_reads_files(runner):
+    assert runner.oj("status", "--batch", "-", "--run-key", "a", input="[]").code == 2
+    assert runner.oj("status", "--batch", "-", "--running", input="[]").code == 2
+    r = runner.oj("status", "--batch", "/nonexistent/requests.json")
+    assert r.code == 2 and "cannot read" in r.error["error"]
+
+
 def test_status_selector_errors(runner):
     assert runner.oj("status").code == 2
     assert runner.oj("status", "--run-key", "a", "--run-key", "b", "--stdout-offset", "0").code == 2
