@@ -182,7 +182,7 @@ POLL_FIELDS = (*POLL_SELECTORS, "stdout_offset", "stderr_offset", "max_bytes")
 
 
 def parse_poll_requests(data: Any) -> list[dict[str, Any]]:
-    """Validate ``status --batch`` input: a JSON array of {run_key|job_id, stdout_offset?, stderr_offset?, max_bytes?}."""
+    """Validate `status --batch` input: a JSON array of {run_key|job_id, stdout_offset, stderr_offset, max_bytes}."""
     if not isinstance(data, list):
         raise UsageError("--batch expects a JSON array of objects")
     for i, req in enumerate(data):
