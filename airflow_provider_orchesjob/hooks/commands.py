@@ -15,6 +15,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 ORCHESJOB = "orchesjob"
 RESERVER = "orchesjob-reserver"
@@ -116,6 +117,28 @@ def job_status(
     if max_bytes is not None:
         argv += ["--max-bytes", str(int(max_bytes))]
     return argv
+
+
+def job_status_batch() -> list[str]:
+    """``orchesjob status --batch -``: the lookups (see :func:`status_request`) go as a JSON array on stdin."""
+    return [ORCHESJOB, "status", "--batch", "-"]
+
+
+def status_request(
+    run_key: str | None = None,
+    job_id: str | None = None,
+    *,
+    stdout_offset: int | None = None,
+    stderr_offset: int | None = None,
+    max_bytes: int | None = None,
+) -> dict[str, Any]:
+    """One entry of a ``status --batch`` array: a lookup and, optionally, the log offsets to read from."""
+    kind, value = _selector(run_key, job_id)
+    request: dict[str, Any] = {kind.lstrip("-").replace("-", "_"): value}
+    for name, number_ in (("stdout_offset", stdout_offset), ("stderr_offset", stderr_offset), ("max_bytes", max_bytes)):
+        if number_ is not None:
+            request[name] = int(number_)
+    return request
 
 
 def job_status_many(run_keys: Sequence[str] = (), job_ids: Sequence[str] = ()) -> list[str]:

@@ -62,7 +62,9 @@ _ERROR_TYPES: dict[str, type[OrchesJobError]] = {
 }
 
 # What this provider needs from the host's runtime (see `orchesjob info`).
-REQUIRED_CAPABILITIES = ("reuse-policy", "result", "cancel", "status-log-chunks", "start-request-id")
+REQUIRED_CAPABILITIES = (
+    "reuse-policy", "result", "cancel", "status-log-chunks", "start-request-id", "status-batch-poll",
+)  # fmt: skip
 LOCAL = "local"
 
 
@@ -202,6 +204,15 @@ class OrchesJobHook(BaseHook):
                 else AsyncSSHTransport(self.ssh_config())
             )
         return self._async
+
+    def target_key(self) -> tuple:
+        """What makes two hooks run the same commands on the same host with the same state."""
+        if self.transport_kind == LOCAL:
+            edge = self._local_edge()
+            return (LOCAL, edge.orchesjob_home, edge.bin_dir)
+        cfg = self.ssh_config()
+        return (self.transport_kind, cfg.conn_id, cfg.host, cfg.port, cfg.username,
+                cfg.edge.orchesjob_home, cfg.edge.bin_dir, cfg.edge.extra_path)  # fmt: skip
 
     def close(self) -> None:
         if self._sync is not None:
@@ -350,6 +361,33 @@ class OrchesJobHook(BaseHook):
                 run_key, job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset, max_bytes=max_bytes
             )
         )
+
+    async def ajob_poll(
+        self,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        stdout_offset: int | None = None,
+        stderr_offset: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict:
+        """:meth:`ajob_status` for pollers: concurrent polls of this host share one remote command.
+
+        See :mod:`.batching`. Raises the same named exceptions as :meth:`ajob_status`.
+        """
+        from .batching import status_batcher
+
+        request = commands.status_request(
+            run_key, job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset, max_bytes=max_bytes
+        )
+        if self.transport_kind != LOCAL and self._config is None:
+            await asyncio.to_thread(self.ssh_config)  # connection lookup is synchronous: off the event loop
+        entry = await status_batcher(self).poll(request)
+        if entry.get("status") is None and entry.get("error_type"):
+            cls = _ERROR_TYPES.get(entry["error_type"], OrchesJobCommandError)
+            where = self._config.host_id if self._config is not None else LOCAL
+            raise cls(f"orchesjob status on {where} failed: {entry.get('error')}", remote_error=entry)
+        return entry
 
     def job_status_many(self, run_keys: Sequence[str] = (), job_ids: Sequence[str] = ()) -> list[dict]:
         out = self.run_cli(commands.job_status_many(run_keys, job_ids))

@@ -2,8 +2,9 @@
 
 Rules every trigger here follows:
 
-* exactly one remote command per poll (job status + the next log chunk in one
-  ``orchesjob status`` call), over the hook's shared async SSH connection;
+* at most one remote command per poll (job status + the next log chunk in one
+  ``orchesjob status`` call), over the hook's shared async SSH connection; job
+  triggers polling the same host share that command (``hooks/batching.py``);
 * connection failures are retried with backoff (the hook) and, past its budget,
   by the trigger itself until ``reconnect_budget`` is spent;
 * all state needed to resume lives in the serialized kwargs and in the event
@@ -25,6 +26,7 @@ from typing import Any
 
 from ..compat import AIRFLOW_V3, AIRFLOW_V3_3, BaseTrigger, TriggerEvent
 from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotFound
+from ..hooks.batching import until_next_tick
 
 ACTIVE_JOB = ("STARTING", "RUNNING")
 TAIL_BYTES = 4096
@@ -151,7 +153,8 @@ class _PollingTrigger(BaseTrigger):
             if payload is not None:
                 yield TriggerEvent(payload)
                 return
-            await asyncio.sleep(0 if self._poll_now else self.poll_interval)
+            # On the wall-clock grid of the interval: polls of many triggers then share one command.
+            await asyncio.sleep(0 if self._poll_now else until_next_tick(self.poll_interval))
 
     def state(self) -> dict[str, Any]:
         """Resumable state included in every event."""
@@ -279,7 +282,7 @@ class OrchesJobTrigger(_PollingTrigger):
                 "max_bytes": CATCH_UP_BYTES if self._poll_now else self.max_bytes,
             }
         try:
-            job = await hook.ajob_status(self.run_key if self.job_id is None else None, self.job_id, **logs)
+            job = await hook.ajob_poll(self.run_key if self.job_id is None else None, self.job_id, **logs)
         except OrchesJobNotFound:
             if self.job_id is None:
                 return None  # a sensor may wait for a job that does not exist yet

@@ -94,6 +94,31 @@ def test_killing_a_deferred_task_aborts_the_remote_job(e2e_conn, ssh_server, edg
     assert final["status"] == "ABORTED" and "killed by a user" in final["abort_reason"]
 
 
+def test_concurrent_triggers_of_one_host_poll_with_one_command_per_tick(e2e_conn, ssh_server):
+    hook = OrchesJobHook(CONN_ID)
+    n, interval = 12, 0.5
+    keys = [f"tick-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    for i, key in enumerate(keys):
+        hook.start_job(key, ["sh", "-c", f"echo line-{i}; sleep 2"])
+
+    async def scenario():
+        await hook.ajob_poll(keys[0])  # connect first: count only the triggers' commands
+        before, t0 = ssh_server.sessions(), time.monotonic()
+        triggers = [OrchesJobTrigger(ssh_conn_id=CONN_ID, run_key=k, poll_interval=interval) for k in keys]
+        events = await asyncio.gather(*(t.run().__anext__() for t in triggers))
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.3)  # sshd logs sessions asynchronously
+        return events, ssh_server.sessions() - before, elapsed
+
+    events, sessions, elapsed = asyncio.run(scenario())
+    assert [e.payload["job"]["status"] for e in events] == ["SUCCEEDED"] * n
+    assert all(e.payload["job"]["run_key"] == k for e, k in zip(events, keys, strict=True))
+    polls_per_trigger = elapsed / interval + 2  # the immediate first poll, then one per tick
+    # Unbatched this would be n commands per tick; batched it is one (a tick may split in two
+    # when a trigger's previous poll ended after the others had gone to sleep).
+    assert sessions <= 2 * polls_per_trigger < n * polls_per_trigger / 3, (sessions, elapsed)
+
+
 def test_trigger_serializes_all_state(e2e_conn):
     trigger = OrchesJobTrigger(ssh_conn_id=CONN_ID, run_key="k", job_id="j", stdout_offset=10, stderr_offset=3)
     path, kwargs = trigger.serialize()

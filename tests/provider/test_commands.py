@@ -148,3 +148,15 @@ def test_start_is_resent_as_the_same_request():
     # whatever the reuse policy (see tests/edge/test_orchesjob.py::test_resent_start_request_...).
     assert len(transport.calls) == 2 and transport.calls[0] == transport.calls[1]
     assert "--request-id" in transport.calls[0]
+
+
+def test_status_request_is_one_lookup_with_integer_offsets():
+    assert commands.status_request("k") == {"run_key": "k"}
+    assert commands.status_request(job_id="j", stdout_offset=3, stderr_offset=0, max_bytes=10.0) == {
+        "job_id": "j", "stdout_offset": 3, "stderr_offset": 0, "max_bytes": 10
+    }  # fmt: skip
+    assert commands.job_status_batch() == ["orchesjob", "status", "--batch", "-"]
+    with pytest.raises(ValueError):
+        commands.status_request("k", "j")
+    with pytest.raises(ValueError):
+        commands.status_request()

@@ -175,6 +175,25 @@ def test_async_polls_share_one_connection(conn_id, ssh_server):
     hook.abort_job("shared", grace=1)
 
 
+def test_async_polls_of_one_host_share_one_command(conn_id, ssh_server):
+    hook = OrchesJobHook(conn_id)
+    hook.start_job("batched", ["sh", "-c", "printf ready; sleep 3"])
+
+    async def poll_many(n):
+        hooks = [OrchesJobHook(conn_id) for _ in range(n)]  # like n triggers in one triggerer
+        await hooks[0].ajob_poll("batched")  # connect first: count only the polls below
+        before = ssh_server.sessions()
+        results = await asyncio.gather(*(h.ajob_poll("batched", stdout_offset=0) for h in hooks))
+        await asyncio.sleep(0.3)  # sshd logs the session asynchronously
+        return results, ssh_server.sessions() - before
+
+    results, sessions = asyncio.run(poll_many(30))
+    assert {r["status"] for r in results} == {"RUNNING"}
+    assert all(r["stdout_chunk"]["data"] == "ready" for r in results)
+    assert sessions == 1, "30 concurrent polls of one host must be one remote command"
+    hook.abort_job("batched", grace=1)
+
+
 def test_async_client_reconnects_after_connection_drop(conn_id, ssh_server):
     hook = OrchesJobHook(conn_id)
     hook.start_job("drop", ["sleep", "5"])

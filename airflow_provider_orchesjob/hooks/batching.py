@@ -1,0 +1,116 @@
+"""One remote ``orchesjob status`` per host per poll tick, however many triggers poll it.
+
+Every deferred task has its own trigger, and each poll of each trigger would be
+one ``orchesjob status`` process on the host (~30 ms of CPU). Triggers in one
+triggerer event loop that poll the same host with the same edge settings hand
+their poll to one :class:`StatusBatcher` instead: the requests that arrive within
+``WINDOW`` seconds of the first are sent as one ``orchesjob status --batch -``
+call, and every caller gets back its own entry. The triggers sleep to a wall-clock
+grid of their poll interval (:func:`until_next_tick`), so their polls arrive
+together and one command serves them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import weakref
+from typing import Any
+
+from . import commands
+
+WINDOW = 0.05  # seconds a poll waits for others to join its batch
+MAX_BATCH = 200  # entries per command: bounds the reply size (each entry may carry log chunks)
+
+
+def until_next_tick(interval: float, now: float | None = None) -> float:
+    """Seconds until the next multiple of ``interval`` on the wall clock (always > 0).
+
+    Triggers with the same poll interval then wake at the same instants, in any
+    triggerer process, so their polls land in one batch.
+    """
+    if interval <= 0:
+        return 0.0
+    now = time.time() if now is None else now
+    return interval - (now % interval)
+
+
+class StatusBatcher:
+    """Collects status requests for one host and sends them as batched commands.
+
+    ``hook`` is any :class:`~airflow_provider_orchesjob.hooks.orchesjob.OrchesJobHook`
+    for that host and those edge settings; its ``arun_cli`` retries connection
+    failures, and a failure that survives the retries is raised to every caller of
+    that batch, who handle it exactly as they would their own.
+    """
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.commands_sent = 0
+        self.requests_served = 0
+
+    async def poll(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The host's entry for ``request`` (a :func:`commands.status_request`), raw."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._pending.append((request, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_after_window())
+        return await future
+
+    async def _flush_after_window(self) -> None:
+        await asyncio.sleep(WINDOW)
+        pending, self._pending, self._flusher = self._pending, [], None
+        live = [(request, future) for request, future in pending if not future.done()]  # cancelled callers
+        await asyncio.gather(*(self._send(live[i : i + MAX_BATCH]) for i in range(0, len(live), MAX_BATCH)))
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
+        self.commands_sent += 1
+        try:
+            entries = await self.hook.arun_cli(
+                commands.job_status_batch(), stdin=json.dumps([request for request, _ in batch]).encode()
+            )
+            if not isinstance(entries, list) or len(entries) != len(batch):
+                from ..exceptions import OrchesJobCommandError
+
+                raise OrchesJobCommandError(f"orchesjob status --batch answered {len(batch)} lookups with {entries!r}")
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(_copy(exc))
+            if not isinstance(exc, Exception):
+                raise  # cancellation of the loop: let it through after telling the waiters
+            return
+        self.requests_served += len(batch)
+        for (_, future), entry in zip(batch, entries, strict=True):
+            if not future.done():
+                future.set_result(entry)
+
+
+def _copy(exc: BaseException) -> BaseException:
+    # Each waiter raises its own copy, so concurrent raises do not share one traceback.
+    try:
+        return copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is shared instead
+        return exc
+
+
+# Per event loop, like the shared SSH connections (transport.py): weakly keyed by the
+# loop, so a finished loop takes its batchers with it.
+_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, StatusBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def status_batcher(hook: Any) -> StatusBatcher:
+    """The batcher of this event loop for the hook's host and edge settings."""
+    per_loop = _BATCHERS.setdefault(asyncio.get_running_loop(), {})
+    key = hook.target_key()
+    batcher = per_loop.get(key)
+    if batcher is None:
+        batcher = per_loop[key] = StatusBatcher(hook)
+    return batcher
