@@ -388,10 +388,9 @@ class Ours(Side):
     async def close_loop_resources(self) -> None:
         from airflow_provider_orchesjob.hooks import transport
 
-        for key, shared in list(transport._POOL.items()):
+        for shared in transport._POOL.pop(asyncio.get_running_loop(), {}).values():
             if shared.conn is not None:
                 shared.conn.close()
-            transport._POOL.pop(key, None)
 
 
 class Providers(Side):

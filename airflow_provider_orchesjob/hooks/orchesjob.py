@@ -115,6 +115,14 @@ def check_result(argv: Sequence[str], result: CommandResult, host: str, ok_codes
         ) from None
 
 
+def _already_stopped(exc: OrchesJobError, status: str) -> str:
+    """The job id when ``exc`` says the job is already ``status``; otherwise re-raise ``exc``."""
+    remote = exc.remote_error
+    if remote.get("status") == status and remote.get("job_id"):
+        return remote["job_id"]
+    raise exc
+
+
 class OrchesJobHook(BaseHook):
     """Run the orchesjob edge CLIs on a host over SSH (or locally).
 
@@ -397,20 +405,34 @@ class OrchesJobHook(BaseHook):
         """The finished job (exit 1 = finished unsuccessfully is a result, not an error)."""
         return self.run_cli(commands.job_result(run_key, job_id), ok_codes=(0, 1))
 
+    # Stopping is idempotent here: a job already in the state asked for (an earlier copy of
+    # this call whose reply was lost and that was resent, or a second user) is returned as
+    # it is instead of failing with InvalidState. Any other finished state still raises.
     def abort_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        return self.run_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+        """Record ABORTED, then SIGTERM / grace / SIGKILL the job; an already ABORTED job is returned."""
+        try:
+            return self.run_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+        except OrchesJobInvalidState as exc:
+            return self.job_status(job_id=_already_stopped(exc, "ABORTED"))
 
     async def aabort_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        return await self.arun_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+        try:
+            return await self.arun_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
+        except OrchesJobInvalidState as exc:
+            return await self.ajob_status(job_id=_already_stopped(exc, "ABORTED"))
 
     def cancel_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        return self.run_cli(commands.job_stop("cancel", run_key, job_id, reason=reason, grace=grace))
+        """Like :meth:`abort_job`, recording CANCELLED; an already CANCELLED job is returned."""
+        try:
+            return self.run_cli(commands.job_stop("cancel", run_key, job_id, reason=reason, grace=grace))
+        except OrchesJobInvalidState as exc:
+            return self.job_status(job_id=_already_stopped(exc, "CANCELLED"))
 
     def unlock_job(self, run_key: str, *, reason: str | None = None, ttl: str | None = None) -> dict:
         return self.run_cli(commands.job_unlock(run_key, reason=reason, ttl=ttl))
@@ -461,7 +483,17 @@ class OrchesJobHook(BaseHook):
         return self.run_cli(commands.reservation_result(run_key, reservation_id), ok_codes=(0, 1))
 
     def cancel_reservation(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
-        return self.run_cli(commands.reservation_cancel(run_key, reservation_id))
+        """Cancel a pending reservation, or the job it dispatched; idempotent like :meth:`abort_job`."""
+        try:
+            return self.run_cli(commands.reservation_cancel(run_key, reservation_id))
+        except OrchesJobInvalidState as exc:
+            remote = exc.remote_error
+            if remote.get("reservation_status") == "CANCELLED":
+                return {"cancelled": True, **self.reservation_status(run_key, reservation_id)}
+            job_error = _decode_error(str(remote.get("orchesjob_error", "")).encode())
+            if remote.get("job_id") and job_error.get("status") == "CANCELLED":
+                return {**self.job_status(job_id=remote["job_id"]), "cancelled": True}
+            raise
 
     # ------------------------------------------------------------------ flows
     def start_flow(self, run_key: str, definition: Mapping | str, *, detach: bool = True) -> dict:

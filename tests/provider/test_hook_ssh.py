@@ -73,11 +73,37 @@ def test_abort_and_cancel(conn_id):
     hook.start_job("ab", ["sleep", "30"])
     out = hook.abort_job("ab", reason="test", grace=1)
     assert out["status"] == "ABORTED" and out["sent_term_target"]
-    with pytest.raises(OrchesJobInvalidState) as err:
-        hook.abort_job("ab")
-    assert err.value.exit_code == 4 and err.value.remote_error["status"] == "ABORTED"
+    # Idempotent: a resend after a lost reply (or a second kill) gets the aborted job back.
+    again = hook.abort_job("ab", reason="second")
+    assert again["job_id"] == out["job_id"] and again["status"] == "ABORTED" and again["abort_reason"] == "test"
+    assert asyncio.run(hook.aabort_job(job_id=out["job_id"]))["status"] == "ABORTED"
     hook.start_job("cn", ["sleep", "30"])
     assert hook.cancel_job("cn", grace=1)["status"] == "CANCELLED"
+    assert hook.cancel_job("cn")["status"] == "CANCELLED"
+    # A job that ended otherwise was not stopped by us: that still raises.
+    with pytest.raises(OrchesJobInvalidState) as err:
+        hook.abort_job("cn")
+    assert err.value.exit_code == 4 and err.value.remote_error["status"] == "CANCELLED"
+    hook.start_job("done", ["true"], sync=True)
+    with pytest.raises(OrchesJobInvalidState):
+        hook.cancel_job("done")
+
+
+def test_reservation_cancel_is_idempotent(conn_id, ssh_server):
+    hook = OrchesJobHook(conn_id)
+    hook.reserve("later", ["true"], not_before="2099-01-01T00:00:00Z")
+    first = hook.cancel_reservation("later")
+    assert first["cancelled"] and first["reservation"]["reservation_status"] == "CANCELLED"
+    second = hook.cancel_reservation("later")
+    assert second["cancelled"] and second["reservation"]["reservation_id"] == first["reservation"]["reservation_id"]
+    # Dispatched: cancel goes to its job, and a second cancel returns that job.
+    hook.reserve("now", ["sleep", "30"])
+    home = hook.runtime_info()["orchesjob_home"]
+    assert ssh_server.ssh(f"ORCHESJOB_HOME={home} ~/.local/bin/orchesjob-reserver run --once").returncode == 0
+    job = hook.cancel_reservation("now")
+    assert job["cancelled"] and job["status"] == "CANCELLED"
+    again = hook.cancel_reservation("now")
+    assert again["cancelled"] and again["job_id"] == job["job_id"] and again["status"] == "CANCELLED"
 
 
 def test_errors_are_named_with_remote_json(conn_id):
