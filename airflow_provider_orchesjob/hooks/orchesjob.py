@@ -307,8 +307,10 @@ class OrchesJobHook(BaseHook):
         if missing or remote_major != __version__.split(".")[0]:
             raise OrchesJobRuntimeIncompatible(
                 f"edge runtime {info.get('version')} on {transport.host_id} is incompatible with provider "
-                f"{__version__} (missing capabilities: {missing or 'none'}); upgrade it with "
-                "`pipx upgrade airflow-provider-orchesjob`"
+                f"{__version__} (missing capabilities: {missing or 'none'}); install the provider's version "
+                f"there: `pipx install --force airflow-provider-orchesjob=={__version__}` (pip keeps an "
+                "installed copy of the same version number, e.g. a development build: `pipx uninstall "
+                "airflow-provider-orchesjob` first)"
             )
         self._checked.add(transport.host_id)
 
