@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -24,8 +25,9 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
     :param expires_at: templated; the reservation expires if not dispatched by then.
     :param metadata: stored with the reservation; defaults to the dag/task/run ids.
     :param start_options: extra ``orchesjob start`` options for the dispatch (e.g. ``["--timeout", "2h"]``).
-    :param wait_for_completion: defer until the dispatched job finishes, then behave like
-        :class:`OrchesJobStartOperator` (logs, XCom = final job JSON, failure with stderr tail).
+    :param wait_for_completion: wait until the dispatched job finishes (deferred, or polling in
+        the worker with ``deferrable=False``), then behave like :class:`OrchesJobStartOperator`
+        (logs, XCom = final job JSON, failure with stderr tail).
     :return: the reservation JSON, or the final job JSON when waiting.
     """
 
@@ -47,8 +49,6 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         self.metadata = metadata
         self.start_options = list(start_options)
         self.wait_for_completion = wait_for_completion
-        if wait_for_completion and not self.deferrable:
-            raise ValueError("wait_for_completion=True needs deferrable=True (the wait happens in the triggerer)")
 
     def _start_options(self) -> list[str]:
         options = ["--reuse-policy", self.reuse_policy, *self.start_options]
@@ -87,15 +87,45 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             self.log.info("dispatched job %s had failed: started attempt %s (job %s)", job_id, job["attempt_no"],
                           job["job_id"])  # fmt: skip
             job_id = job["job_id"]
-        trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
-                                              **self.trigger_kwargs())  # fmt: skip
-        self.defer(trigger=trigger, method_name="execute_complete")
+        if self.deferrable:
+            trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
+                                                  **self.trigger_kwargs())  # fmt: skip
+            self.defer(trigger=trigger, method_name="execute_complete")
+        return self._wait_in_worker(run_key, job_id)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") == "reservation_ended":
-            res = event["reservation"]
-            raise AirflowException(
-                f"reservation {res['reservation_id']} ended {res['reservation_status']} without a job"
-                + (f": {res['last_error']}" if res.get("last_error") else "")
-            )
+            raise _ended_without_job(event["reservation"])
         return super().execute_complete(context, event)
+
+    def _wait_in_worker(self, run_key: str, job_id: str | None) -> Any:
+        """Non-deferrable mode: what the reservation trigger does, polling from the worker."""
+        self._waiting_reservation = True
+        while job_id is None:
+            res = self.hook.reservation_status(run_key)["reservation"]
+            if res["reservation_status"] == "DISPATCHED" and res.get("job_id"):
+                job_id = res["job_id"]
+                self.log.info("reservation dispatched as job %s", job_id)
+            elif res["reservation_status"] in ("RESERVED", "DISPATCHING"):
+                time.sleep(self.poll_interval)
+            else:
+                raise _ended_without_job(res)
+        self._job_id = job_id
+        return self._poll_in_worker(run_key, job_id)
+
+    def on_kill(self) -> None:
+        """Non-deferrable mode: cancel the reservation, or (once dispatched) abort its job."""
+        if self.abort_on_kill and self._job_id is None and getattr(self, "_waiting_reservation", False):
+            try:
+                self.hook.cancel_reservation(self.run_key)
+            except Exception as exc:  # noqa: BLE001 - already ended, or unreachable
+                self.log.warning("could not cancel reservation %s: %s", self.run_key, exc)
+            return
+        super().on_kill()
+
+
+def _ended_without_job(res: dict[str, Any]) -> AirflowException:
+    return AirflowException(
+        f"reservation {res['reservation_id']} ended {res['reservation_status']} without a job"
+        + (f": {res['last_error']}" if res.get("last_error") else "")
+    )

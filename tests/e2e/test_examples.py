@@ -79,6 +79,16 @@ def test_non_deferrable_mode_polls_in_the_worker(e2e_conn, capfd, caplog):
     assert "[remote stdout] line 3" in text and "[remote stderr] oops" in text
 
 
+def test_reservation_waits_in_the_worker_when_not_deferrable(e2e_conn, dispatcher, capfd, caplog):
+    dr = load_dag("e2e_reserve_worker_wait").test()
+    assert dr.state == "success"
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "reservation dispatched as job" in text and "[remote stdout] dispatched-and-done" in text
+    ti = dr.get_task_instances()[0]
+    assert ti.state == "success"
+
+
 def test_failing_flow_lists_failed_steps_with_stderr(e2e_conn, capfd, caplog):
     dr = load_dag("e2e_flow_fails").test()
     assert dr.state == "failed"

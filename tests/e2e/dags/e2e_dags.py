@@ -45,6 +45,14 @@ with DAG(dag_id="e2e_worker_poll", start_date=datetime(2026, 1, 1), schedule=Non
         deferrable=False, poll_interval=0.3,
     )  # fmt: skip
 
+# Non-deferrable reservation with wait_for_completion: the worker waits for the dispatch, then the job.
+with DAG(dag_id="e2e_reserve_worker_wait", start_date=datetime(2026, 1, 1), schedule=None) as e2e_reserve_worker_wait:
+    OrchesJobReserveOperator(
+        task_id="reserve", command=["sh", "-c", "echo dispatched-and-done"], run_key="e2e-rw-{{ run_id }}",
+        not_before="{{ (dag_run.start_date + macros.timedelta(seconds=2)).isoformat() }}",
+        ssh_conn_id=_CONN, wait_for_completion=True, deferrable=False, poll_interval=0.3,
+    )  # fmt: skip
+
 # A flow whose step fails: the task fails listing the step and its stderr tail.
 with DAG(dag_id="e2e_flow_fails", start_date=datetime(2026, 1, 1), schedule=None) as e2e_flow_fails:
     OrchesJobFlowOperator(
