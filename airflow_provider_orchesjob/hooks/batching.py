@@ -19,6 +19,7 @@ import time
 import weakref
 from typing import Any
 
+from ..exceptions import OrchesJobCommandError
 from . import commands
 
 WINDOW = 0.05  # seconds a poll waits for others to join its batch
@@ -75,8 +76,6 @@ class StatusBatcher:
                 commands.job_status_batch(), stdin=json.dumps([request for request, _ in batch]).encode()
             )
             if not isinstance(entries, list) or len(entries) != len(batch):
-                from ..exceptions import OrchesJobCommandError
-
                 raise OrchesJobCommandError(f"orchesjob status --batch answered {len(batch)} lookups with {entries!r}")
         except BaseException as exc:
             for _, future in batch:

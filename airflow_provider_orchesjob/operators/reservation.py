@@ -9,7 +9,7 @@ from typing import Any
 
 from ..compat import AirflowException
 from ..hooks.commands import number
-from ..triggers.orchesjob import OrchesJobReservationTrigger
+from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
 from ..utils.run_key import run_key_from_context
 from .base import TERMINAL_FAILURES
 from .job import OrchesJobStartOperator
@@ -100,13 +100,12 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 
     def _wait_in_worker(self, run_key: str, job_id: str | None) -> Any:
         """Non-deferrable mode: what the reservation trigger does, polling from the worker."""
-        self._waiting_reservation = True
         while job_id is None:
             res = self.hook.reservation_status(run_key)["reservation"]
             if res["reservation_status"] == "DISPATCHED" and res.get("job_id"):
                 job_id = res["job_id"]
                 self.log.info("reservation dispatched as job %s", job_id)
-            elif res["reservation_status"] in ("RESERVED", "DISPATCHING"):
+            elif res["reservation_status"] in PENDING_RESERVATION:
                 time.sleep(self.poll_interval)
             else:
                 raise _ended_without_job(res)
@@ -115,7 +114,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 
     def on_kill(self) -> None:
         """Non-deferrable mode: cancel the reservation, or (once dispatched) abort its job."""
-        if self.abort_on_kill and self._job_id is None and getattr(self, "_waiting_reservation", False):
+        if self.abort_on_kill and self.wait_for_completion and self._job_id is None and self.run_key:
             try:
                 self.hook.cancel_reservation(self.run_key)
             except Exception as exc:  # noqa: BLE001 - already ended, or unreachable

@@ -29,6 +29,7 @@ from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotF
 from ..hooks.batching import until_next_tick
 
 ACTIVE_JOB = ("STARTING", "RUNNING")
+PENDING_RESERVATION = ("RESERVED", "DISPATCHING")  # not dispatched yet, may still be
 TAIL_BYTES = 4096
 CATCH_UP_BYTES = 1 << 20
 ABORT_TIMEOUT = 25.0  # below Airflow's default on_kill budget (30 s)
@@ -322,7 +323,7 @@ class OrchesJobReservationTrigger(OrchesJobTrigger):
             return await super().poll(hook)
         res = (await hook.areservation_status(self.reservation_run_key))["reservation"]
         status = res["reservation_status"]
-        if status in ("RESERVED", "DISPATCHING"):
+        if status in PENDING_RESERVATION:
             return None
         if status == "DISPATCHED" and res.get("job_id"):
             self.job_id = res["job_id"]
