@@ -1,0 +1,58 @@
+"""Operator paths that need no SSH: the local transport and the real CLIs on this machine."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_provider_orchesjob.compat import AirflowException
+from airflow_provider_orchesjob.hooks import OrchesJobHook
+from airflow_provider_orchesjob.operators import OrchesJobReserveOperator
+from tests.conftest import BIN_DIR
+
+
+@pytest.fixture
+def local_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", BIN_DIR + os.pathsep + os.environ["PATH"])
+    return str(tmp_path / "edge")
+
+
+def context():
+    return {"ti": SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)}
+
+
+def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
+    op = OrchesJobReserveOperator(
+        task_id="reserve", ssh_conn_id=None, orchesjob_home=local_env, command=["true"], run_key="far-future",
+        not_before="2099-01-01T00:00:00Z", wait_for_completion=True, deferrable=False, poll_interval=0.1,
+    )  # fmt: skip
+    outcome: list[BaseException] = []
+
+    def run():
+        try:
+            op.execute(context())
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    hook = OrchesJobHook(None, orchesjob_home=local_env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until the reservation exists and the worker polls it
+        try:
+            hook.reservation_status("far-future")
+            break
+        except Exception:  # noqa: BLE001 - not reserved yet
+            time.sleep(0.05)
+    op.on_kill()
+    worker.join(20)
+    assert not worker.is_alive()
+    res = hook.reservation_status("far-future")["reservation"]
+    assert res["reservation_status"] == "CANCELLED" and res["job_id"] is None
+    # The waiting execute() ends with the reservation's fate instead of polling forever.
+    assert len(outcome) == 1 and isinstance(outcome[0], AirflowException)
+    assert "ended CANCELLED without a job" in str(outcome[0])
