@@ -177,6 +177,11 @@ def add_log_chunks(
     return job
 
 
+def failed_lookup(selector: dict[str, Any], exc: OrchesError) -> dict[str, Any]:
+    """The entry of a multi-job status for a lookup that failed: callers test ``status is None``."""
+    return {**selector, "status": None, "error": exc.message, "error_type": exc.kind}
+
+
 POLL_SELECTORS = ("run_key", "job_id")
 POLL_FIELDS = (*POLL_SELECTORS, "stdout_offset", "stderr_offset", "max_bytes")
 
@@ -512,7 +517,7 @@ class Jobs:
                 try:
                     out.append(self.status(**{kind: value}))
                 except NotFound as exc:
-                    out.append({kind: value, "status": None, "error": exc.message, "error_type": exc.kind})
+                    out.append(failed_lookup({kind: value}, exc))
         return out
 
     def poll_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -527,7 +532,7 @@ class Jobs:
                                DEFAULT_CHUNK_BYTES if max_bytes is None else max_bytes)  # fmt: skip
             except (NotFound, UsageError) as exc:
                 # Reported per entry: one poller's bad or vanished job must not fail the others' polls.
-                out.append({**selector, "status": None, "error": exc.message, "error_type": exc.kind})
+                out.append(failed_lookup(selector, exc))
                 continue
             out.append(job)
         return out
