@@ -14,6 +14,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null || need+=(openssh-client)
   command -v pipx >/dev/null || need+=(pipx)
+  # The deployment tests (tests/deploy): a throwaway Postgres cluster and Redis.
+  [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need+=(postgresql)
+  command -v redis-server >/dev/null || need+=(redis-server)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     apt-get update -qq
@@ -30,4 +33,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # Editable install so the console scripts track the checkout.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[airflow,test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[airflow,test,deploy]'
