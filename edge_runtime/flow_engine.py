@@ -136,9 +136,9 @@ class LeaseLost(OrchesError):
 class FlowStore:
     """Flow runs in one SQLite file: creation, snapshots, payloads, cancel, repair, lease."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, check_dir: bool = True) -> None:
         self.path = path
-        self.store = Store(path, FLOW_MIGRATIONS)
+        self.store = Store(path, FLOW_MIGRATIONS, check_dir=check_dir)
         self.store.conn.execute("PRAGMA foreign_keys=ON")
         self._defs: dict[str, FlowDefinition] = {}
 

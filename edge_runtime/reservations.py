@@ -125,7 +125,7 @@ class Reservations:
     def __init__(self, db_path: str | None = None) -> None:
         self.db_path = os.path.abspath(db_path or reserver_db_path())
         try:
-            self.store = Store(self.db_path, RESERVER_MIGRATIONS)
+            self.store = Store(self.db_path, RESERVER_MIGRATIONS, check_dir=db_path is None)
         except OrchesError:
             raise
         except sqlite3.DatabaseError as exc:

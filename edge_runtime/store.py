@@ -79,18 +79,26 @@ def clean_selection(
 class Store:
     """A connection to one SQLite database file with a given migration list."""
 
-    def __init__(self, path: str, migrations: Sequence[str]) -> None:
+    def __init__(self, path: str, migrations: Sequence[str], *, check_dir: bool = True) -> None:
+        """Open (creating 0600 in a private directory) ``path``; ``check_dir=False`` for a ``--db`` the
+        caller named: its existing directory is used as it is (see ``home.private_dir``)."""
+        from .home import private_dir, private_file
+
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
+        private_dir(os.path.dirname(os.path.abspath(path)), check=check_dir)
+        private_file(path)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
             self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise OrchesError(f"cannot open database {path}: {exc}", db=path) from None
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA synchronous=FULL")
-        if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(migrations):
-            self._migrate(migrations)
+        try:
+            self.conn.execute("PRAGMA synchronous=FULL")
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(migrations):
+                self._migrate(migrations)
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise database_error(exc, path) from None
 
     def _refuse_foreign(self) -> None:
         # Tables but no version of ours: another program's file (e.g. the public
@@ -134,6 +142,29 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class DatabaseError(OrchesError):
+    """The database file is corrupt, not a database, or cannot be read or written."""
+
+    kind = "database_error"
+
+
+def database_error(exc: BaseException, path: str | None = None) -> OrchesError:
+    """A named error for an ``sqlite3`` exception (locked -> ``LockError``; read-only, corrupt,
+    I/O -> ``DatabaseError``); the CLIs use it for any that escapes the tools' own handling."""
+    text = str(exc)
+    where = f" {path}" if path else ""
+    details = {"db": path} if path else {}
+    if "locked" in text or "busy" in text:
+        return LockError(f"database is locked:{where}: {text}", **details)
+    if "readonly" in text or "read-only" in text:
+        hint = "the database file or its directory is read-only for this user"
+    elif "not a database" in text or "malformed" in text or "corrupt" in text:
+        hint = "the database file is damaged or not an orchesjob database; restore it or move it aside"
+    else:
+        hint = "the database cannot be used"
+    return DatabaseError(f"database error{where}: {text} ({hint})", sqlite_error=text, **details)
 
 
 class _WriteTransaction:

@@ -97,9 +97,30 @@ def run_cli(main: Callable[[list[str]], int], exit_codes: Mapping[str, int] | No
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user
         if os.environ.get("ORCHESJOB_DEBUG"):
             raise
-        emit_error({"error": f"internal error: {type(exc).__name__}: {exc}", "error_type": "internal"})
-        code = 1
+        named = _named(exc)
+        if named is None:
+            emit_error({"error": f"internal error: {type(exc).__name__}: {exc}", "error_type": "internal"})
+            code = 1
+        else:
+            emit_error(named.to_json())
+            code = (exit_codes or {}).get(named.kind, named.exit_code)
     sys.exit(code)
+
+
+def _named(exc: BaseException) -> OrchesError | None:
+    """The named error for a failure the tools do not raise themselves (database, memory, depth)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        from ..store import database_error
+
+        return database_error(exc)
+    if isinstance(exc, RecursionError):
+        return UsageError("input nested too deeply")
+    if isinstance(exc, MemoryError):
+        return OrchesError("out of memory: the input or a requested size is too large", error_kind="memory")
+    if isinstance(exc, (OSError)) and exc.errno is not None:
+        return OrchesError(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc), errno=exc.errno)
+    return None
 
 
 def seconds_type(option: str, *, allow_zero: bool = True) -> Callable[[str], float]:

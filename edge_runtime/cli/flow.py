@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
 
     from ..flow_engine import FlowStore
 
-    flows = FlowStore(db_path(args))
+    flows = FlowStore(db_path(args), check_dir=not args.db)
     client = None
     try:
         if args.cmd not in ("status", "graph"):  # read-only commands never touch a job
@@ -295,19 +295,40 @@ def _run_or_detach(
     return 0
 
 
+# The detached advancer's entry: isolated mode (-I: no current directory, no
+# PYTHONPATH, no user site on sys.path), started in "/", so that nothing in the
+# caller's directory (a planted json.py ...) can be imported. This package's
+# own location is appended last, for checkouts not installed in site-packages.
+_ADVANCER_CODE = "import sys; sys.path.append({root!r}); from edge_runtime.cli.flow import entry; entry()"
+
+
+def advancer_argv(*args: str) -> list[str]:
+    """The command line of a detached ``orchesjob-flow`` with ``args``."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [sys.executable, "-I", "-c", _ADVANCER_CODE.format(root=root), *args]
+
+
 def _spawn_child(args: argparse.Namespace, db: str, stdout_log: str, stderr_log: str) -> int:
     import subprocess
 
-    os.makedirs(os.path.dirname(stdout_log), mode=0o700, exist_ok=True)
-    argv = [sys.executable, "-m", "edge_runtime.cli.flow", "--db", db, "--poll-interval", repr(args.poll_interval)]
+    from ..home import open_private_log, private_dir
+
+    private_dir(os.path.dirname(stdout_log))
+    argv = advancer_argv("--db", db, "--poll-interval", repr(args.poll_interval))
     if args.orchesjob_bin:
-        argv += ["--orchesjob-bin", args.orchesjob_bin]
+        # The child runs in "/": a relative path must keep naming the same file.
+        bin_ = args.orchesjob_bin
+        argv += ["--orchesjob-bin", os.path.abspath(bin_) if os.sep in bin_ else bin_]
     argv += ["advance", "--run-key", args.run_key]
-    with open(stdout_log, "ab") as out, open(stderr_log, "ab") as err:
+    out, err = open_private_log(stdout_log), open_private_log(stderr_log)
+    try:
         # Own session: survives the caller's terminal/SSH channel closing.
         child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/", start_new_session=True, close_fds=True
         )
+    finally:
+        os.close(out)
+        os.close(err)
     return child.pid
 
 
