@@ -21,4 +21,6 @@ CAPABILITIES = (
     "forget-keys",
     "start-request-id",
     "status-batch-poll",
+    "env-file",
+    "clean-older-than",
 )

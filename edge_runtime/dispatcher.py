@@ -20,6 +20,12 @@ ran and nothing can run later → back to RESERVED and dispatched normally. The
 same lookup runs when a start reports an error, because a foreign
 ``orchesjob`` may fail *after* creating its job.
 
+Retention
+---------
+``run --retention 30d`` deletes terminal reservations last updated more than
+30 days ago, at start-up and hourly, in batches of short transactions (the
+same as ``orchesjob-reserver clean --older-than 30d``).
+
 Punctuality without busy polling
 --------------------------------
 Between passes the dispatcher sleeps in ``select`` until the earliest of: the
@@ -39,8 +45,9 @@ import sys
 import time
 
 from .errors import LockError, OrchesError
+from .jobclient import split_env_options
 from .process import kill_point
-from .reservations import Reservations, lock_path, wake_path
+from .reservations import Reservations, lock_path, stored_env, wake_path
 from .timefmt import epoch_value, iso_utc, now
 
 # typing costs ~2 ms of start-up; annotations are strings anyway.
@@ -66,6 +73,10 @@ KILL_POINTS = (
 )
 
 
+# How often ``run --retention`` deletes what has aged out (and once at start-up).
+RETENTION_INTERVAL_S = 3600.0
+
+
 def _request_id(reservation_id: str) -> str:
     """The start request id of a reservation's dispatch: recovery finds its job exactly.
 
@@ -85,6 +96,7 @@ class Dispatcher:
         poll_interval: float = 2.0,
         error_sleep: float = 5.0,
         start_options: list[str] | None = None,
+        retention: float | None = None,
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
@@ -92,7 +104,8 @@ class Dispatcher:
         self.client = client
         self.poll_interval = poll_interval
         self.error_sleep = error_sleep
-        self.start_options = list(start_options or [])
+        # Environment values never appear in a log line: --env options go apart, to the job's env.
+        self.start_options, self.start_env = split_env_options(start_options or [])
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stopping = False
@@ -100,6 +113,8 @@ class Dispatcher:
         self._wake_fd: int | None = None
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._seen_seq = 0
+        self.retention = retention
+        self._next_retention = 0.0
         self._recovered = False
 
     # ----------------------------------------------------------------- output
@@ -171,10 +186,12 @@ class Dispatcher:
             db=self.res.db_path,
             orchesjob_bin=self.client.bin,
             orchesjob_start_options=self.start_options,
+            env_keys=sorted(self.start_env),
             poll_interval=self.poll_interval,
             run_started_at=int(started),
             dispatch="in-process" if self.client.in_process else "subprocess",
             once=once,
+            retention=self.retention,
         )
         # History is not re-logged: only reservations inserted from now on.
         self._seen_seq = self.res.max_seq()
@@ -226,6 +243,15 @@ class Dispatcher:
                 break
             self.dispatch(row)
             self._log_accepted()
+        if self.retention is not None and now() >= self._next_retention:
+            self.apply_retention()
+
+    def apply_retention(self) -> None:
+        """Delete terminal reservations older than ``retention`` (batched; see ``Reservations.clean``)."""
+        self._next_retention = now() + RETENTION_INTERVAL_S
+        before = now() - self.retention
+        result = self.res.clean(before=before)
+        self.log("retention_cleaned", deleted=result["deleted"], before=int(before), retention=self.retention)
 
     def _log_accepted(self) -> None:
         for row in self.res.created_since(self._seen_seq):
@@ -260,16 +286,18 @@ class Dispatcher:
         kill_point("reserver:claimed")
         rid, run_key = row["reservation_id"], row["run_key"]
         command = json.loads(row["command"])
-        options = self.start_options + json.loads(row["start_options"])
+        options, legacy_env = split_env_options(self.start_options + json.loads(row["start_options"]))
+        env = {**self.start_env, **legacy_env, **stored_env(row)}
         self.log(
             "orchesjob_start_call",
             reservation_id=rid,
             run_key=run_key,
             command=self.client.start_argv(run_key, command, options),
+            env_keys=sorted(env),
         )
         kill_point("reserver:start-logged")
         try:
-            job = self.client.start(command, run_key, options, request_id=_request_id(rid))
+            job = self.client.start(command, run_key, options, env=env or None, request_id=_request_id(rid))
         except OrchesError as exc:
             error = exc.message
         except Exception as exc:  # noqa: BLE001 - recorded on the reservation

@@ -76,7 +76,36 @@ def parse_start_options(options: Sequence[str]) -> dict[str, Any]:
         raise UsageError(f"unknown orchesjob start option(s): {' '.join(extra)}", options=list(options))
     if args.sync:
         raise UsageError("--sync is not allowed for reserved jobs: the dispatcher never waits for a job to finish")
+    if args.env_file is not None:
+        raise UsageError(
+            "--env-file is not a start option of a reservation (it would be read at dispatch); "
+            "give it to `orchesjob-reserver reserve --env-file` instead"
+        )
     return start_kwargs(args)
+
+
+def split_env_options(options: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the options without ``--env``, the variables those ``--env`` gave).
+
+    Reservations keep environment values apart from their start options, so
+    that options can be printed and logged: values are never shown, only keys.
+    """
+    from .cli.common import parse_env_pairs
+
+    rest: list[str] = []
+    pairs: list[str] = []
+    items = iter(options)
+    for option in items:
+        if option == "--env":
+            value = next(items, None)
+            if value is None:
+                raise UsageError("--env expects KEY=VALUE")
+            pairs.append(value)
+        elif option.startswith("--env="):
+            pairs.append(option[len("--env=") :])
+        else:
+            rest.append(option)
+    return rest, parse_env_pairs(pairs) or {}
 
 
 def _selector(run_key: str | None, job_id: str | None) -> list[str]:

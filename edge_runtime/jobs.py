@@ -31,7 +31,7 @@ from . import process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import jobs_db_path, jobs_home, log_files, logs_dir
 from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
-from .store import Store, clean_selection, new_id, validate_run_key
+from .store import CLEAN_BATCH, Store, clean_selection, new_id, validate_run_key
 from .timefmt import now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -760,12 +760,15 @@ class Jobs:
             **({"where": "job_id = ?", "params": [job_id]} if job_id is not None else {}),
         )
         errors = 0
-        with self.store.write() as db:
-            rows = db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY finished_at, attempt_no", params).fetchall()
-            if not dry_run and rows:
-                self._delete_jobs_locked(db, rows, forget_keys)
-        if not dry_run:
-            for r in rows:
+        # Selected without the write lock, deleted in batches of short write transactions
+        # (CLEAN_BATCH rows each): a large clean never stalls a supervisor recording an outcome.
+        rows = self.store.all(f"SELECT * FROM jobs WHERE {where} ORDER BY finished_at, attempt_no", params)
+        deleted = len(rows) if dry_run else 0
+        for i in range(0, 0 if dry_run else len(rows), CLEAN_BATCH):
+            with self.store.write() as db:
+                gone = self._delete_jobs_locked(db, rows[i : i + CLEAN_BATCH], forget_keys)
+            deleted += len(gone)
+            for r in gone:
                 for path in (r["stdout_file"], r["stderr_file"]):
                     try:
                         os.unlink(path)
@@ -778,11 +781,16 @@ class Jobs:
             item = {"job_id": r["job_id"], "run_key": r["run_key"], "status": r["status"]}
             with_iso(item, "selected_at", r["finished_at"])
             items.append(item)
-        return {"deleted": 0 if dry_run else len(rows), "errors": errors, "dry_run": dry_run, "items": items}
+        return {"deleted": deleted, "errors": errors, "dry_run": dry_run, "items": items}
 
     @staticmethod
-    def _delete_jobs_locked(db: sqlite3.Connection, rows: list[sqlite3.Row], forget_keys: bool) -> None:
-        ids = [r["job_id"] for r in rows]
+    def _delete_jobs_locked(db: sqlite3.Connection, rows: list[sqlite3.Row], forget_keys: bool) -> list[sqlite3.Row]:
+        """Delete those of ``rows`` that are still terminal (one batch, under the write lock); returns them."""
+        marks = ",".join("?" * len(TERMINAL_JOB_STATUSES))
+        rows = db.execute(
+            f"SELECT * FROM jobs WHERE job_id IN ({','.join('?' * len(rows))}) AND status IN ({marks})",
+            [*(r["job_id"] for r in rows), *TERMINAL_JOB_STATUSES],
+        ).fetchall()
         for r in rows:
             # Remember the outcome of a key's newest attempt before its row goes.
             db.execute(
@@ -790,13 +798,14 @@ class Jobs:
                 "WHERE run_key=? AND attempts=?",
                 (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["run_key"], r["attempt_no"]),
             )
-        db.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in ids])
+        db.executemany("DELETE FROM jobs WHERE job_id = ?", [(r["job_id"],) for r in rows])
         if forget_keys:
             keys = {r["run_key"] for r in rows}
             db.executemany(
                 "DELETE FROM run_keys WHERE run_key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_key = ?)",
                 [(k, k) for k in keys],
             )
+        return rows
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:

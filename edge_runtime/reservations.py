@@ -23,7 +23,7 @@ import sqlite3
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import reserver_db_path
 from .schema import RESERVATION_STATUSES, RESERVER_MIGRATIONS, TERMINAL_RESERVATION_STATUSES
-from .store import Store, clean_selection, new_id, validate_run_key
+from .store import CLEAN_BATCH, Store, clean_selection, new_id, validate_run_key
 from .timefmt import epoch_value, now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 1_000_000
 MAX_ERROR_LEN = 4000
 PENDING_CANCELLABLE = ("RESERVED", "DISPATCH_FAILED", "EXPIRED")
 
@@ -90,14 +91,16 @@ def _epoch_out(out: dict[str, Any], name: str, ts: float | None, keep_fraction: 
 
 def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
     """The reservation object printed by every command (spec field order)."""
+    options, env_keys = _options_and_env_keys(row)
     out: dict[str, Any] = {
         "reservation_id": row["reservation_id"],
         "run_key": row["run_key"],
         "reservation_status": row["status"],
         "job_id": row["job_id"],
-        "command": json.loads(row["command"]),
-        "orchesjob_start_options": json.loads(row["start_options"]),
-        "metadata": json.loads(row["metadata"]) if row["metadata"] is not None else None,
+        "command": _loads(row["command"]),
+        "orchesjob_start_options": options,
+        "env_keys": env_keys,
+        "metadata": _loads(row["metadata"]) if row["metadata"] is not None else None,
     }
     _epoch_out(out, "not_before", row["not_before"], keep_fraction=True)
     _epoch_out(out, "expires_at", row["expires_at"], keep_fraction=True)
@@ -107,6 +110,37 @@ def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None  # a damaged row must not break reading the others
+
+
+def stored_env(row: sqlite3.Row) -> dict[str, str]:
+    """The extra environment of the reservation's job (never printed: keys only)."""
+    env = _loads(row["env"]) if row["env"] else None
+    return env if isinstance(env, dict) else {}
+
+
+def _options_and_env_keys(row: sqlite3.Row) -> tuple[list[str], list[str]]:
+    """Start options for display, and the sorted env keys.
+
+    Rows of earlier versions may still carry ``--env`` in their options: their
+    values are dropped from the display here, and their keys listed.
+    """
+    from .jobclient import split_env_options
+
+    options = _loads(row["start_options"])
+    if not isinstance(options, list):
+        options = []
+    try:
+        options, legacy = split_env_options([str(o) for o in options])
+    except OrchesError:
+        options, legacy = [o for o in options if not str(o).startswith("--env")], {}
+    return options, sorted({*legacy, *stored_env(row)})
+
+
 def parse_metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -114,6 +148,8 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         value = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"invalid --metadata-json: {exc}") from None
+    except RecursionError:
+        raise UsageError("invalid --metadata-json: nested too deeply") from None
     if not isinstance(value, dict):
         raise UsageError("invalid --metadata-json: must be a JSON object")
     return value
@@ -161,26 +197,33 @@ class Reservations:
         expires_at: float | None = None,
         metadata: dict[str, Any] | None = None,
         start_options: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create the reservation of ``run_key``, or return the one it already has.
 
         Idempotent under concurrency: the insert and the read-back happen in one
         write transaction, and ``UNIQUE(run_key)`` makes a second insert a no-op.
+        ``--env`` among ``start_options`` is stored with ``env``, apart from them.
         """
+        from .jobclient import split_env_options
+
         validate_run_key(run_key)
         if not command:
             raise UsageError("reserve requires a command after --")
+        start_options, option_env = split_env_options(start_options)
+        env = {**option_env, **(env or {})}
         t = now()
         with self.store.write() as db:
             inserted = db.execute(
-                "INSERT INTO reservations (reservation_id, run_key, status, command, start_options, metadata, "
-                "not_before, expires_at, created_at, updated_at) VALUES (?, ?, 'RESERVED', ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO reservations (reservation_id, run_key, status, command, start_options, env, metadata, "
+                "not_before, expires_at, created_at, updated_at) VALUES (?, ?, 'RESERVED', ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_key) DO NOTHING",
                 (
                     new_id(),
                     run_key,
                     json.dumps(list(command)),
                     json.dumps(list(start_options)),
+                    json.dumps(env) if env else None,
                     json.dumps(metadata) if metadata is not None else None,
                     not_before,
                     expires_at,
@@ -200,8 +243,8 @@ class Reservations:
     def list(self, status: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> list[dict[str, Any]]:
         if status is not None and status not in RESERVATION_STATUSES:
             raise UsageError(f"unknown status {status!r}; choose from {', '.join(RESERVATION_STATUSES)}")
-        if limit < 0:
-            raise UsageError("--limit must be >= 0")
+        if not 0 <= limit <= MAX_LIST_LIMIT:
+            raise UsageError(f"--limit must be between 0 and {MAX_LIST_LIMIT}", value=limit)
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = self.store.all(
             f"SELECT * FROM reservations {where} ORDER BY created_at DESC, seq DESC LIMIT ?", [*params, limit]
@@ -262,12 +305,20 @@ class Reservations:
             where=by_id[0],
             params=by_id[1],
         )
-        with self.store.write() as db:
-            rows = db.execute(f"SELECT * FROM reservations WHERE {where} ORDER BY updated_at, seq", params).fetchall()
-            if rows and not dry_run:
-                db.executemany("DELETE FROM reservations WHERE seq = ?", [(r["seq"],) for r in rows])
+        rows = self.store.all(f"SELECT * FROM reservations WHERE {where} ORDER BY updated_at, seq", params)
+        deleted = len(rows) if dry_run else 0
+        if not dry_run:
+            # Short transactions: the write lock is never held for more than one batch.
+            marks = ",".join("?" * len(TERMINAL_RESERVATION_STATUSES))
+            for i in range(0, len(rows), CLEAN_BATCH):
+                batch = [r["seq"] for r in rows[i : i + CLEAN_BATCH]]
+                with self.store.write() as db:
+                    deleted += db.execute(
+                        f"DELETE FROM reservations WHERE seq IN ({','.join('?' * len(batch))}) AND status IN ({marks})",
+                        [*batch, *TERMINAL_RESERVATION_STATUSES],
+                    ).rowcount
         return {
-            "deleted": 0 if dry_run else len(rows),
+            "deleted": deleted,
             "dry_run": dry_run,
             "matched": len(rows),
             "reservations": [reservation_json(r) for r in rows],

@@ -122,6 +122,11 @@ RESERVER_MIGRATIONS = (
     CREATE INDEX reservations_updated_at ON reservations (updated_at);
     CREATE INDEX reservations_created_at ON reservations (created_at)
     """,
+    # Extra environment of the dispatched job, apart from the start options: options are
+    # printed and logged, environment values never are (only their keys).
+    """
+    ALTER TABLE reservations ADD COLUMN env TEXT
+    """,
 )
 
 # ---------------------------------------------------------------- orchesjob-flow

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 BUSY_TIMEOUT_S = 30.0
 MAX_RUN_KEY_LEN = 1024
+# Rows deleted per write transaction by `clean`: the write lock is held for
+# milliseconds, never long enough to stall a supervisor recording an outcome.
+CLEAN_BATCH = 200
 
 
 def new_id() -> str:

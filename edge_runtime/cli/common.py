@@ -141,17 +141,26 @@ def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, al
     p.add_argument("--all", action="store_true", help=all_)
     p.add_argument("--job-id", metavar="ID", help=job_id)
     p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
-    p.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    p.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        help="age limit for retention: same as --before (now - DURATION); DURATION is seconds or 30s/10m/2h/30d",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would be deleted (`deleted` is the count it would delete)"
+    )
 
 
 def clean_window(args: argparse.Namespace) -> dict[str, float | None]:
-    """``before``/``after`` keyword arguments of a ``clean`` from --before/--after."""
-    from ..timefmt import parse_optional_datetime
+    """``before``/``after`` keyword arguments of a ``clean`` from --before/--after/--older-than."""
+    from ..timefmt import parse_age, parse_optional_datetime
 
-    return {
-        "before": parse_optional_datetime(args.before, "--before"),
-        "after": parse_optional_datetime(args.after, "--after"),
-    }
+    before = parse_optional_datetime(args.before, "--before")
+    if args.older_than is not None:
+        if before is not None:
+            raise UsageError("--older-than and --before cannot be combined (--older-than is a --before)")
+        before = parse_age(args.older_than, "--older-than")
+    return {"before": before, "after": parse_optional_datetime(args.after, "--after")}
 
 
 def write_text(text: str) -> None:
@@ -161,16 +170,74 @@ def write_text(text: str) -> None:
 
 
 def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
-    """``KEY=VALUE`` strings (from repeatable --env) to a dict."""
+    """``KEY=VALUE`` strings (from repeatable --env) to a dict.
+
+    Errors name the key, never the value (a value may be a secret).
+    """
     if not pairs:
         return None
     env: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or "\x00" in pair:
-            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
+            shown = key if sep else "(no '=')"
+            raise UsageError(f"--env expects KEY=VALUE without NUL bytes; got key {shown!r}")
         env[key] = value
     return env
+
+
+MAX_ENV_FILE_BYTES = 1 << 20
+
+
+def read_env_file(path: str, option: str = "--env-file") -> dict[str, str]:
+    """Extra environment variables from a file, or stdin for ``-``, kept off every command line.
+
+    Either a JSON object of string to string, or ``KEY=VALUE`` lines (blank lines
+    and lines starting with ``#`` are skipped; the value is everything after the
+    first ``=``, taken as is). Errors name keys and line numbers, never values.
+    """
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_ENV_FILE_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_ENV_FILE_BYTES:
+        raise UsageError(f"{option}: larger than {MAX_ENV_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{option}: not valid UTF-8") from None
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise UsageError(f"{option}: not a valid JSON object") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise UsageError(f"{option}: the JSON document must be an object of strings to strings")
+        env = value
+    else:
+        env = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, sep, val = line.partition("=")
+            if not sep:
+                raise UsageError(f"{option}: line {number} is not KEY=VALUE")
+            env[key.strip()] = val
+    for key, val in env.items():
+        if not key or "=" in key or "\x00" in key or "\x00" in val:
+            raise UsageError(f"{option}: invalid variable {key!r} (empty, '=' or NUL in the name, or NUL in the value)")
+    return env
+
+
+def merge_env(pairs: Sequence[str] | None, env_file: str | None) -> dict[str, str] | None:
+    """--env-file first, then --env (an --env of the same key wins); None when neither is given."""
+    env = read_env_file(env_file) if env_file is not None else {}
+    env.update(parse_env_pairs(pairs) or {})
+    return env or None
 
 
 def read_json_input(path: str, option: str) -> Any:
@@ -182,6 +249,8 @@ def read_json_input(path: str, option: str) -> Any:
             with open(path, "rb") as f:
                 text = f.read()
         return json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{option}: JSON nested too deeply") from None
     except OSError as exc:
         raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:  # also invalid UTF-8

@@ -124,6 +124,24 @@ def build_parser() -> Parser:
     g.add_argument("--file", metavar="FLOW_FILE", help="a flow file (no run state), or - for stdin")
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
 
+    p = sub.add_parser(
+        "clean",
+        help="delete finished flow runs (and their detached logs)",
+        usage="orchesjob-flow clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
+        "--run-key KEY) [--run-key KEY] [--dry-run]",
+        description="Delete SUCCEEDED, FAILED and CANCELLED flow runs by finish time, with their step state "
+        "and the detached advancer's logs; unfinished runs are never deleted. Deletes in short transactions. "
+        "The steps' jobs are orchesjob's: clean them with `orchesjob clean`.",
+    )
+    p.add_argument("--before", metavar="DATETIME", help="runs finished before this time")
+    p.add_argument("--after", metavar="DATETIME", help="runs finished at or after this time")
+    p.add_argument(
+        "--older-than", metavar="DURATION", help="runs finished more than DURATION ago (30d, 12h ...): for retention"
+    )
+    p.add_argument("--all", action="store_true", help="every finished run")
+    p.add_argument("--run-key", metavar="KEY", help="only this flow run")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted (`deleted` counts it)")
+
     sub.add_parser("example", help="print an example flow (YAML)")
 
     # Hidden: one engine pass (tests, recovery), and the detached child's loop.
@@ -172,7 +190,18 @@ def main(argv: list[str]) -> int:
 
     from ..flow_engine import FlowStore
 
+    window = None
+    if args.cmd == "clean":  # validated before the database is opened: bad input writes nothing
+        from .common import clean_window
+
+        window = clean_window(args)
     flows = FlowStore(db_path(args), check_dir=not args.db)
+    if window is not None:
+        try:
+            emit(flows.clean(**window, all_=args.all, run_key=args.run_key, dry_run=args.dry_run))
+        finally:
+            flows.close()
+        return 0
     client = None
     try:
         if args.cmd not in ("status", "graph"):  # read-only commands never touch a job

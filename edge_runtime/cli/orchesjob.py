@@ -8,7 +8,7 @@ import sys
 from .. import __version__
 from ..errors import UsageError
 from ..timefmt import parse_duration, parse_seconds
-from .common import Parser, add_clean_options, clean_window, emit, parse_env_pairs, read_json_input, run_cli
+from .common import Parser, add_clean_options, clean_window, emit, merge_env, read_json_input, run_cli
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -66,6 +66,12 @@ def add_start_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", metavar="DIR", help="working directory of the command")
     p.add_argument("--env", metavar="KEY=VALUE", action="append", help="extra environment variable (repeatable)")
     p.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="extra environment variables from a file, or - for stdin: a JSON object of strings, or KEY=VALUE "
+        "lines; keeps values off the command line (--env of the same key wins). Values are never printed",
+    )
+    p.add_argument(
         "--timeout",
         metavar="DURATION",
         help="host-side runtime limit (seconds or 30s/10m/2h/1d); the supervisor kills the "
@@ -82,7 +88,7 @@ def start_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "reuse_policy": policy,
         "start_timeout": parse_seconds(args.start_timeout, "--start-timeout"),
         "cwd": args.cwd,
-        "env": parse_env_pairs(args.env),
+        "env": merge_env(args.env, args.env_file),
         "timeout": parse_duration(args.timeout, "--timeout") if args.timeout else None,
     }
 

