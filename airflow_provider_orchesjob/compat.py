@@ -5,8 +5,12 @@ Everything else in the provider imports Airflow names from here.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 from airflow import __version__ as AIRFLOW_VERSION
-from airflow.exceptions import AirflowException
+from airflow.exceptions import AirflowException, AirflowTaskTimeout
 
 try:  # Airflow 3: the Task SDK
     from airflow.sdk import BaseHook, BaseOperator, BaseSensorOperator
@@ -16,6 +20,11 @@ except ImportError:  # Airflow 2.11
     from airflow.sensors.base import BaseSensorOperator  # type: ignore[no-redef]
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+try:  # Airflow 3: the Task SDK's masker
+    from airflow.sdk.log import mask_secret
+except ImportError:  # Airflow 2.11
+    from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -27,14 +36,74 @@ AIRFLOW_V3 = _version_tuple(AIRFLOW_VERSION) >= (3, 0)
 # BaseTrigger.on_kill (called when a user kills a deferred task) exists from 3.3.
 AIRFLOW_V3_3 = _version_tuple(AIRFLOW_VERSION) >= (3, 3)
 
+
+async def run_sync(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a synchronous function that may use Airflow's SDK (connections, task states) from async code.
+
+    Airflow 3 triggers reach the API server through a comms channel bound to the
+    triggerer's event loop. On 3.0.x its synchronous SDK calls bridge with
+    ``async_to_sync``, which only finds that loop from a thread started by asgiref's
+    ``sync_to_async`` (a plain ``asyncio.to_thread`` thread makes it run the request
+    on a foreign loop). ``sync_to_async`` is also what 3.1+ support, so it is used on
+    every 3.x; Airflow 2.11 talks to the database directly and uses a plain thread.
+    """
+    if AIRFLOW_V3:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(func)(*args, **kwargs)
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def task_instance_state_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> Any:
+    """The current state of one task instance (None when it no longer exists).
+
+    Airflow 3: the SDK's ``get_task_states``, whose answer keys a mapped task
+    instance as ``<task_id>_<map_index>``; Airflow 2.11: the database.
+    """
+    from .utils.lifecycle import state_from_task_states
+
+    map_index = -1 if map_index is None else map_index
+    if AIRFLOW_V3:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=dag_id, task_ids=[task_id], run_ids=[run_id], map_index=map_index
+        )
+        try:
+            return state_from_task_states(states, run_id, task_id, map_index)
+        except KeyError:
+            return None
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(TaskInstance.state)
+            .filter_by(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+            .one_or_none()
+        )
+        return row[0] if row else None
+
+
+async def task_instance_state(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> Any:
+    """:func:`task_instance_state_sync` from async code (a trigger), the way each Airflow version supports."""
+    return await run_sync(task_instance_state_sync, dag_id, task_id, run_id, map_index)
+
+
 __all__ = [
     "AIRFLOW_V3",
     "AIRFLOW_V3_3",
     "AIRFLOW_VERSION",
     "AirflowException",
+    "AirflowTaskTimeout",
     "BaseHook",
     "BaseOperator",
     "BaseSensorOperator",
     "BaseTrigger",
     "TriggerEvent",
+    "mask_secret",
+    "run_sync",
+    "task_instance_state",
+    "task_instance_state_sync",
 ]

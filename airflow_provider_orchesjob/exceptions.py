@@ -10,7 +10,13 @@ from .compat import AirflowException
 
 
 class OrchesJobError(AirflowException):
-    """Base class. ``exit_code``/``stderr``/``remote_error`` describe the remote failure."""
+    """Base class. ``exit_code``/``stderr``/``remote_error`` describe the remote failure.
+
+    ``transient`` errors (a lock timeout, the runtime briefly missing) are retried
+    by the hook and the triggers within their budgets instead of failing the task.
+    """
+
+    transient = False
 
     def __init__(
         self, message: str, *, exit_code: int | None = None, stderr: str = "", remote_error: dict | None = None
@@ -34,11 +40,22 @@ class OrchesJobInvalidArguments(OrchesJobError):
 
 
 class OrchesJobLockError(OrchesJobError):
-    """The host's database or an exclusive role is held elsewhere (exit 5)."""
+    """The host's database or an exclusive role is held elsewhere (exit 5).
+
+    Transient: nothing was written, so the call is resent within the reconnect budget.
+    """
+
+    transient = True
 
 
 class OrchesJobRuntimeMissing(OrchesJobError):
-    """The edge CLI is not installed (or not found) on the host."""
+    """The edge CLI is not installed (or not found) on the host.
+
+    Transient once the runtime was seen on the host (e.g. during a ``pipx upgrade``):
+    then resent within the reconnect budget; on first contact it is reported at once.
+    """
+
+    transient = True
 
 
 class OrchesJobRuntimeIncompatible(OrchesJobError):

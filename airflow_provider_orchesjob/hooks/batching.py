@@ -23,7 +23,45 @@ from ..exceptions import OrchesJobCommandError
 from . import commands
 
 WINDOW = 0.05  # seconds a poll waits for others to join its batch
-MAX_BATCH = 200  # entries per command: bounds the reply size (each entry may carry log chunks)
+MAX_BATCH = 200  # entries per command
+# Bytes of log data one command may return: the sum over its entries of what each may
+# carry (``max_bytes`` per requested stream, default 64 KiB on the host). base64 and JSON
+# escaping can make the reply up to ~2x this; it stays a few MiB however many poll.
+MAX_BATCH_LOG_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 65536
+ENTRY_OVERHEAD = 2048  # the job JSON of an entry without log data, generously
+
+
+def request_cost(request: dict[str, Any]) -> int:
+    """The most log bytes the host may put into the entry for ``request``, plus its JSON."""
+    per_stream = int(request.get("max_bytes") or DEFAULT_CHUNK_BYTES)
+    streams = sum(1 for key in ("stdout_offset", "stderr_offset") if request.get(key) is not None)
+    return ENTRY_OVERHEAD + streams * per_stream
+
+
+def split_batches(
+    requests: list[Any], *, cost: Any = request_cost, max_entries: int | None = None, max_bytes: int | None = None
+) -> list[list[Any]]:
+    """Consecutive groups of ``requests``, each at most ``max_entries`` long and ``max_bytes`` in summed cost.
+
+    A single request that alone exceeds ``max_bytes`` still gets a group of its own.
+    Defaults: :data:`MAX_BATCH` and :data:`MAX_BATCH_LOG_BYTES`.
+    """
+    max_entries = MAX_BATCH if max_entries is None else max_entries
+    max_bytes = MAX_BATCH_LOG_BYTES if max_bytes is None else max_bytes
+    groups: list[list[Any]] = []
+    current: list[Any] = []
+    spent = 0
+    for request in requests:
+        c = cost(request)
+        if current and (len(current) >= max_entries or spent + c > max_bytes):
+            groups.append(current)
+            current, spent = [], 0
+        current.append(request)
+        spent += c
+    if current:
+        groups.append(current)
+    return groups
 
 
 def until_next_tick(interval: float, now: float | None = None) -> float:
@@ -67,7 +105,9 @@ class StatusBatcher:
         await asyncio.sleep(WINDOW)
         pending, self._pending, self._flusher = self._pending, [], None
         live = [(request, future) for request, future in pending if not future.done()]  # cancelled callers
-        await asyncio.gather(*(self._send(live[i : i + MAX_BATCH]) for i in range(0, len(live), MAX_BATCH)))
+        groups = split_batches(live, cost=lambda item: request_cost(item[0]), max_entries=MAX_BATCH,
+                               max_bytes=MAX_BATCH_LOG_BYTES)  # fmt: skip
+        await asyncio.gather(*(self._send(group) for group in groups))
 
     async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
         self.commands_sent += 1

@@ -71,28 +71,41 @@ def job_start(
     *,
     reuse_policy: str = "failed-only",
     cwd: str | None = None,
-    env: Mapping[str, str] | None = None,
+    env_file: bool = False,
     timeout: float | None = None,
     start_timeout: float | None = None,
     sync: bool = False,
     request_id: str | None = None,
+    retry_lost: bool = False,
 ) -> list[str]:
+    """``orchesjob start``. Environment values never go on the command line: with ``env_file`` the
+    runtime reads them from stdin (``--env-file -``, the document of :func:`env_document`)."""
     argv = [ORCHESJOB, "start", "--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
     if request_id:
         argv += ["--request-id", request_id]
+    if retry_lost:
+        argv.append("--retry-lost")
     if sync:
         argv.append("--sync")
     if start_timeout is not None:
         argv += ["--start-timeout", number(start_timeout)]
     if cwd:
         argv += ["--cwd", _check_text(cwd, "cwd")]
-    for key, value in (env or {}).items():
-        if not key or "=" in key:
-            raise ValueError(f"invalid environment variable name: {key!r}")
-        argv += ["--env", _check_text(f"{key}={value}", "env")]
+    if env_file:
+        argv += ["--env-file", "-"]
     if timeout is not None:
         argv += ["--timeout", number(timeout)]
     return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]
+
+
+def env_document(env: Mapping[str, str] | None) -> bytes:
+    """The stdin of ``start --env-file -``: a JSON object of string names to string values."""
+    out: dict[str, str] = {}
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"invalid environment variable name: {key!r}")
+        out[key] = _check_text(str(value), f"env {key}")
+    return json.dumps(out, ensure_ascii=False).encode("utf-8")
 
 
 def _selector(run_key: str | None, job_id: str | None, id_flag: str = "--job-id") -> list[str]:
@@ -157,12 +170,22 @@ def job_result(run_key: str | None = None, job_id: str | None = None) -> list[st
 
 
 def job_stop(
-    verb: str, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
+    verb: str,
+    run_key: str | None = None,
+    job_id: str | None = None,
+    *,
+    reason: str | None = None,
+    grace: float = 5,
+    wait: float | None = None,
 ) -> list[str]:
+    """``orchesjob abort|cancel``; ``wait`` (runtimes with ``job-lifecycle-v2``) bounds how long the call
+    waits for the tree to be gone before it answers with the current state."""
     if verb not in ("abort", "cancel"):
         raise ValueError(verb)
-    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace-seconds", number(grace)]
-    return argv + (["--reason", reason] if reason else [])
+    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace", number(grace)]
+    if wait is not None:
+        argv += ["--wait", number(wait)]
+    return argv + (["--reason", _check_text(reason, "reason")] if reason else [])
 
 
 def job_unlock(run_key: str, *, reason: str | None = None, ttl: str | None = None) -> list[str]:

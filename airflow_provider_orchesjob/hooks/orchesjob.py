@@ -65,7 +65,15 @@ _ERROR_TYPES: dict[str, type[OrchesJobError]] = {
 REQUIRED_CAPABILITIES = (
     "reuse-policy", "result", "cancel", "status-log-chunks", "start-request-id", "status-batch-poll",
 )  # fmt: skip
+# Optional capabilities that switch features on (checked where they are used).
+LIFECYCLE_V2 = "job-lifecycle-v2"  # ABORTING/CANCELLING, NEVER_LAUNCHED, LOST not retried, stop --wait
+ENV_FILE = "env-file"  # start --env-file - (environment as JSON on stdin)
 LOCAL = "local"
+_STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
+# Hosts (hook.target_key()) where the runtime answered at least once in this process:
+# a "command not found" there later is a pipx upgrade in progress, so it is retried.
+_RUNTIME_SEEN: set[tuple] = set()
+STOP_WAIT_MARGIN = 10.0  # seconds a stop call waits beyond the grace period
 
 
 def _decode_error(stderr: bytes) -> dict:
@@ -77,6 +85,30 @@ def _decode_error(stderr: bytes) -> dict:
         if isinstance(obj, dict):
             return obj
     return {}
+
+
+def parse_json_stdout(stdout: bytes) -> Any:
+    """The JSON document an edge CLI printed, ignoring noise a shell rc file printed before it.
+
+    A login banner or an ``echo`` in ``~/.bashrc`` lands on stdout before the
+    CLI's own output. The whole stdout is tried first; then every line that
+    starts a JSON object or array, from the first on, with everything after it.
+    Raises ``ValueError`` when no JSON document is found.
+    """
+    text = stdout.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip()[:1] in ("{", "["):
+            try:
+                return json.loads(text[offset:])
+            except ValueError:
+                pass
+        offset += len(line)
+    raise ValueError("no JSON document in the output")
 
 
 def check_result(argv: Sequence[str], result: CommandResult, host: str, ok_codes: Sequence[int] = (0,)) -> Any:
@@ -106,13 +138,21 @@ def check_result(argv: Sequence[str], result: CommandResult, host: str, ok_codes
             remote_error=remote,
         )
     try:
-        return json.loads(result.stdout)
+        return parse_json_stdout(result.stdout)
     except ValueError:
         raise OrchesJobCommandError(
             f"{tool} on {host} printed no JSON (exit {result.exit_code}): {result.stdout[:500]!r}",
             exit_code=result.exit_code,
             stderr=stderr,
         ) from None
+
+
+def reinstall_hint() -> str:
+    return (
+        f"install the provider's version there: `pipx install --force airflow-provider-orchesjob=={__version__}` "
+        "(pip keeps an installed copy of the same version number, e.g. a development build: `pipx uninstall "
+        "airflow-provider-orchesjob` first)"
+    )
 
 
 def _already_stopped(exc: OrchesJobError, status: str) -> str:
@@ -167,9 +207,11 @@ class OrchesJobHook(BaseHook):
         orchesjob_home: str | None = None,
         bin_dir: str | None = None,
         connect_budget: float = 60.0,
+        namespace: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.namespace = namespace
         self.ssh_conn_id = ssh_conn_id
         self.transport_kind = transport or (LOCAL if ssh_conn_id is None else "ssh")
         self.remote_host = remote_host
@@ -180,6 +222,7 @@ class OrchesJobHook(BaseHook):
         self._sync: Any = None
         self._async: Any = None
         self._checked: set[str] = set()
+        self._capabilities: set[str] | None = None
 
     # ------------------------------------------------------------- plumbing
     def ssh_config(self) -> SSHConfig:
@@ -236,16 +279,23 @@ class OrchesJobHook(BaseHook):
         ok_codes: Sequence[int] = (0,),
         timeout: float | None = 300,
     ) -> Any:
-        """Run one edge CLI call and return its parsed JSON (retrying connection failures safely)."""
+        """Run one edge CLI call and return its parsed JSON (retrying connection failures safely).
+
+        Transient host-side errors (a database lock timeout, the runtime missing
+        while ``pipx upgrade`` replaces it) are resent within the same budget:
+        neither did anything on the host.
+        """
         transport = self.get_conn()
         self._ensure_compatible(transport)
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
                 result = transport.run(argv, stdin=stdin, timeout=timeout)
-                return check_result(argv, result, transport.host_id, ok_codes)
+                return self._checked_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
                 time.sleep(self._retry_delay(exc, argv, resend_safe, delays))
+            except OrchesJobError as exc:
+                time.sleep(self._transient_delay(exc, delays))
 
     async def arun_cli(
         self,
@@ -262,9 +312,28 @@ class OrchesJobHook(BaseHook):
         while True:
             try:
                 result = await transport.arun(argv, stdin=stdin, timeout=timeout)
-                return check_result(argv, result, transport.host_id, ok_codes)
+                return self._checked_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
                 await asyncio.sleep(self._retry_delay(exc, argv, resend_safe, delays))
+            except OrchesJobError as exc:
+                await asyncio.sleep(self._transient_delay(exc, delays))
+
+    def _checked_result(self, argv: Sequence[str], result: CommandResult, host: str, ok_codes: Sequence[int]) -> Any:
+        out = check_result(argv, result, host, ok_codes)
+        _RUNTIME_SEEN.add(self.target_key())
+        return out
+
+    def _transient_delay(self, exc: OrchesJobError, delays: Any) -> float:
+        """How long to wait before resending after a transient host-side error — or re-raise ``exc``."""
+        if not exc.transient:
+            raise exc
+        if isinstance(exc, OrchesJobRuntimeMissing) and self.target_key() not in _RUNTIME_SEEN:
+            raise exc  # never seen here: not installed, not an upgrade in progress
+        delay = next(delays, None)
+        if delay is None:
+            raise exc
+        self.log.warning("%s; transient, retrying in %.1f s", exc, delay)
+        return delay
 
     def _retry_delay(self, exc: OrchesJobConnectionError, argv: Sequence[str], resend_safe: bool, delays: Any) -> float:
         """How long to wait before resending ``argv`` after ``exc`` — or re-raise when that is unsafe or useless."""
@@ -293,26 +362,66 @@ class OrchesJobHook(BaseHook):
             if not exc.retryable:
                 raise
             return  # run_cli's own retry loop reports connection problems
+        if result.exit_code == 127 and self.target_key() in _RUNTIME_SEEN:
+            return  # an upgrade in progress: run_cli retries the call itself
+        self._accept_info(transport.host_id, result)
+
+    def _accept_info(self, host_id: str, result: CommandResult) -> dict:
+        argv = commands.runtime_info()
         if result.exit_code == 2:
             raise OrchesJobRuntimeIncompatible(
-                f"the orchesjob on {transport.host_id} has no `info` command: it is not the edge runtime of "
+                f"the orchesjob on {host_id} has no `info` command: it is not the edge runtime of "
                 f"airflow-provider-orchesjob (e.g. the public orchesjob release). Install "
                 f"airflow-provider-orchesjob=={__version__} there.",
                 exit_code=2,
                 stderr=result.stderr.decode("utf-8", "replace"),
             )
-        info = check_result(argv, result, transport.host_id)
+        info = check_result(argv, result, host_id)
         missing = [c for c in REQUIRED_CAPABILITIES if c not in info.get("capabilities", [])]
         remote_major = str(info.get("version", "0")).split(".")[0]
         if missing or remote_major != __version__.split(".")[0]:
             raise OrchesJobRuntimeIncompatible(
-                f"edge runtime {info.get('version')} on {transport.host_id} is incompatible with provider "
-                f"{__version__} (missing capabilities: {missing or 'none'}); install the provider's version "
-                f"there: `pipx install --force airflow-provider-orchesjob=={__version__}` (pip keeps an "
-                "installed copy of the same version number, e.g. a development build: `pipx uninstall "
-                "airflow-provider-orchesjob` first)"
+                f"edge runtime {info.get('version')} on {host_id} is incompatible with provider "
+                f"{__version__} (missing capabilities: {missing or 'none'}); " + reinstall_hint()
             )
-        self._checked.add(transport.host_id)
+        self._capabilities = set(info.get("capabilities", []))
+        _RUNTIME_SEEN.add(self.target_key())
+        self._checked.add(host_id)
+        return info
+
+    def capabilities(self) -> set[str]:
+        """The capabilities the host's runtime advertises (``orchesjob info``; asked once per hook)."""
+        if self._capabilities is None:
+            self._capabilities = set(self.runtime_info().get("capabilities", []))
+        return self._capabilities
+
+    async def acapabilities(self) -> set[str]:
+        """Async twin of :meth:`capabilities`."""
+        if self._capabilities is None:
+            info = await self.arun_cli(commands.runtime_info())
+            self._capabilities = set(info.get("capabilities", []))
+        return self._capabilities
+
+    def require(self, capability: str, feature: str) -> None:
+        """Fail clearly when the host's runtime lacks ``capability`` (needed for ``feature``)."""
+        if capability not in self.capabilities():
+            raise OrchesJobRuntimeIncompatible(
+                f"{feature} needs an edge runtime with the {capability!r} capability, which the runtime on "
+                f"{self._where()} does not advertise; " + reinstall_hint()
+            )
+
+    def _where(self) -> str:
+        return self._config.host_id if self._config is not None else LOCAL
+
+    def run_key_namespace(self) -> str | None:
+        """The connection extra ``run_key_namespace`` (None for the local transport or when unset).
+
+        Two Airflow deployments sharing one host user must set different namespaces,
+        so their run keys differ and neither ever adopts the other's results.
+        """
+        if self.transport_kind == LOCAL:
+            return self.namespace
+        return self.namespace or self.ssh_config().run_key_namespace
 
     def runtime_info(self) -> dict:
         return self.run_cli(commands.runtime_info())
@@ -329,18 +438,41 @@ class OrchesJobHook(BaseHook):
         timeout: float | None = None,
         start_timeout: float | None = None,
         sync: bool = False,
+        retry_lost: bool = False,
     ) -> dict:
-        """Start (or reattach to / adopt) the job of ``run_key``; see the reuse policies."""
+        """Start (or reattach to / adopt) the job of ``run_key``; see the reuse policies.
+
+        ``env`` goes to the host as a JSON document on stdin (``--env-file -``),
+        never on a command line; the runtime must advertise ``env-file``.
+        ``retry_lost`` lets ``failed-only`` start a new attempt after a LOST one
+        (outcome unknown; by default such a job is returned, not retried).
+        """
         import uuid
 
+        stdin = None
+        if env:
+            self.require(ENV_FILE, "passing env without exposing it on the host's process list")
+            stdin = commands.env_document(env)
+        lost = retry_lost and LIFECYCLE_V2 in self.capabilities()  # older runtimes retry LOST anyway
         # One request id per call: if the reply is lost and the request is resent, the
         # host returns the job the first copy created instead of judging the run key
         # again (which, e.g. after a quick failure, would start another attempt).
         argv = commands.job_start(
-            run_key, command, reuse_policy=reuse_policy, cwd=cwd, env=env, timeout=timeout,
-            start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()),
+            run_key, command, reuse_policy=reuse_policy, cwd=cwd, env_file=stdin is not None, timeout=timeout,
+            start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()), retry_lost=lost,
         )  # fmt: skip
-        return self.run_cli(argv, timeout=None if sync else 300)
+        return self.run_cli(argv, stdin=stdin, timeout=None if sync else 300)
+
+    def stderr_tail(self, run_key: str | None = None, job_id: str | None = None, *, nbytes: int = 4096) -> bytes:
+        """The last ``nbytes`` of a job's stderr, read by offset (never the whole file)."""
+        from ..triggers.orchesjob import chunk_bytes
+
+        probe = self.job_status(run_key, job_id, stderr_offset=0, max_bytes=1).get("stderr_chunk") or {}
+        size = int(probe.get("size") or 0)
+        if size <= 1:
+            return chunk_bytes(probe)[:size]
+        job = self.job_status(run_key, job_id, stderr_offset=max(0, size - nbytes), max_bytes=nbytes)
+        return chunk_bytes(job.get("stderr_chunk"))
 
     def job_status(
         self,
@@ -410,31 +542,63 @@ class OrchesJobHook(BaseHook):
     # Stopping is idempotent here: a job already in the state asked for (an earlier copy of
     # this call whose reply was lost and that was resent, or a second user) is returned as
     # it is instead of failing with InvalidState. Any other finished state still raises.
+    # With job-lifecycle-v2 the runtime records ABORTING/CANCELLING first and answers
+    # after at most ``wait`` seconds: the reply may still say ABORTING (poll until it is
+    # terminal), or carry ``too_late: true`` when the job had already finished on its own.
+    def stop_job(
+        self,
+        verb: str,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        reason: str | None = None,
+        grace: float = 5,
+        wait: float | None = None,
+    ) -> dict:
+        """``abort`` or ``cancel`` a job; an already ABORTED/CANCELLED job is returned."""
+        if wait is None and LIFECYCLE_V2 in self.capabilities():
+            wait = grace + STOP_WAIT_MARGIN
+        argv = commands.job_stop(verb, run_key, job_id, reason=reason, grace=grace, wait=wait)
+        try:
+            return self.run_cli(argv, timeout=None if wait is None else wait + 60)
+        except OrchesJobInvalidState as exc:
+            return self.job_status(job_id=_already_stopped(exc, _STOPPED[verb]))
+
+    async def astop_job(
+        self,
+        verb: str,
+        run_key: str | None = None,
+        job_id: str | None = None,
+        *,
+        reason: str | None = None,
+        grace: float = 5,
+        wait: float | None = None,
+    ) -> dict:
+        """Async twin of :meth:`stop_job`."""
+        if wait is None and LIFECYCLE_V2 in await self.acapabilities():
+            wait = grace + STOP_WAIT_MARGIN
+        argv = commands.job_stop(verb, run_key, job_id, reason=reason, grace=grace, wait=wait)
+        try:
+            return await self.arun_cli(argv, timeout=None if wait is None else wait + 60)
+        except OrchesJobInvalidState as exc:
+            return await self.ajob_status(job_id=_already_stopped(exc, _STOPPED[verb]))
+
     def abort_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        """Record ABORTED, then SIGTERM / grace / SIGKILL the job; an already ABORTED job is returned."""
-        try:
-            return self.run_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
-        except OrchesJobInvalidState as exc:
-            return self.job_status(job_id=_already_stopped(exc, "ABORTED"))
+        """Stop the job's whole process tree (TERM, grace, KILL), recorded as ABORTED; see :meth:`stop_job`."""
+        return self.stop_job("abort", run_key, job_id, reason=reason, grace=grace)
 
     async def aabort_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        try:
-            return await self.arun_cli(commands.job_stop("abort", run_key, job_id, reason=reason, grace=grace))
-        except OrchesJobInvalidState as exc:
-            return await self.ajob_status(job_id=_already_stopped(exc, "ABORTED"))
+        return await self.astop_job("abort", run_key, job_id, reason=reason, grace=grace)
 
     def cancel_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
     ) -> dict:
-        """Like :meth:`abort_job`, recording CANCELLED; an already CANCELLED job is returned."""
-        try:
-            return self.run_cli(commands.job_stop("cancel", run_key, job_id, reason=reason, grace=grace))
-        except OrchesJobInvalidState as exc:
-            return self.job_status(job_id=_already_stopped(exc, "CANCELLED"))
+        """Like :meth:`abort_job`, recording CANCELLED."""
+        return self.stop_job("cancel", run_key, job_id, reason=reason, grace=grace)
 
     def unlock_job(self, run_key: str, *, reason: str | None = None, ttl: str | None = None) -> dict:
         return self.run_cli(commands.job_unlock(run_key, reason=reason, ttl=ttl))

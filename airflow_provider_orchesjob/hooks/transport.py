@@ -84,6 +84,7 @@ class SSHConfig:
     conn_timeout: float = 10.0
     keepalive_interval: int = 30
     max_sessions: int = 8
+    run_key_namespace: str | None = None  # extra ``run_key_namespace``: keeps two Airflows' run keys apart
     edge: EdgeSettings = field(default_factory=EdgeSettings)
 
     @property
@@ -114,6 +115,7 @@ class SSHConfig:
             conn_timeout=float(extra.get("conn_timeout", extra.get("timeout", 10))),
             keepalive_interval=int(extra.get("keepalive_interval", 30)),
             max_sessions=int(extra.get("max_sessions", 8)),
+            run_key_namespace=extra.get("run_key_namespace") or None,
             edge=EdgeSettings(
                 orchesjob_home=extra.get("orchesjob_home"),
                 bin_dir=extra.get("orchesjob_bin_dir"),

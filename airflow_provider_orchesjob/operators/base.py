@@ -6,10 +6,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..compat import AirflowException, BaseOperator
+from ..compat import AirflowException, BaseOperator, task_instance_state_sync
 from ..hooks.orchesjob import OrchesJobHook
+from ..utils.lifecycle import TERMINAL_FAILURES, is_user_kill, normalize_state, trigger_deadline
+from ..utils.run_key import run_key_from_context
 
-TERMINAL_FAILURES = ("FAILED", "LOST", "ABORTED", "CANCELLED")
+__all__ = ["TERMINAL_FAILURES", "EdgeConnectionMixin", "OrchesJobBaseOperator", "tail"]
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -52,7 +54,10 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
     :param deferrable: wait in the triggerer (default) instead of occupying a worker slot.
     :param poll_interval: seconds between status polls.
     :param abort_on_kill: stop the remote work when the task is killed, marked failed/success or cleared.
-    :param trigger_timeout: seconds after which a deferred wait gives up and aborts the remote work.
+    :param trigger_timeout: seconds after which a deferred wait gives up and stops the remote work.
+        ``execution_timeout`` does the same, counted from the start of the try (Airflow 3.3 does
+        not time out a deferred task by itself); the earlier of the two applies. The task then
+        fails with a message that says whether the remote work was really stopped.
     """
 
     template_fields: Sequence[str] = ("remote_host", "orchesjob_home")
@@ -83,18 +88,50 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         self.kill_grace = kill_grace
         self.trigger_timeout = trigger_timeout
 
-    def trigger_kwargs(self) -> dict[str, Any]:
+    def trigger_kwargs(self, context: Any = None) -> dict[str, Any]:
+        ti = context["ti"] if context else None
         return {
             **self.edge_kwargs(),
             "poll_interval": self.poll_interval,
             "abort_on_kill": self.abort_on_kill,
             "kill_grace": self.kill_grace,
-            "deadline": time.time() + self.trigger_timeout if self.trigger_timeout else None,
+            "deadline": trigger_deadline(
+                now=time.time(),
+                try_started=getattr(ti, "start_date", None),
+                execution_timeout=self.execution_timeout,
+                trigger_timeout=self.trigger_timeout,
+            ),
+            "try_number": getattr(ti, "try_number", None),
         }
+
+    def task_run_key(self, context: Any, explicit: str | None = None) -> str:
+        """``explicit`` (a templated parameter), else the task instance's key in the connection's namespace."""
+        return explicit or run_key_from_context(context, namespace=self.hook.run_key_namespace())
+
+    def remember_task_instance(self, context: Any) -> None:
+        """Keep what ``on_kill`` needs to look up this task instance's state (it gets no context)."""
+        ti = context["ti"]
+        self._ti_ref = (ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+        self._try_number = getattr(ti, "try_number", None)
+
+    def killed_by_user(self) -> bool:
+        """In ``on_kill`` (non-deferrable): whether a person stopped this task (not a worker shutting down)."""
+        ref = getattr(self, "_ti_ref", None)
+        if ref is None:
+            return False
+        try:
+            state = task_instance_state_sync(*ref)
+        except Exception as exc:  # noqa: BLE001 - an unknown state is no proof of a kill
+            self.log.warning("cannot read the task's state (%s): leaving the remote work running", exc)
+            return False
+        killed = is_user_kill(state, waiting_in="worker")
+        verdict = "a user's action, stopping the remote work" if killed else "leaving the remote work running"
+        self.log.info("task killed while %s: %s", normalize_state(state), verdict)
+        return killed
 
     @staticmethod
     def raise_for_event(event: dict[str, Any]) -> None:
         if event.get("status") == "timeout":
-            raise AirflowException(event.get("message", "trigger timeout"))
+            raise AirflowException(event.get("message", "deadline reached"))
         if event.get("status") == "error":
             raise AirflowException(f"waiting for the remote work failed: {event.get('message')}")

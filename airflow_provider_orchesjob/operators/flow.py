@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..compat import AirflowException
-from ..triggers.orchesjob import OrchesJobFlowTrigger
-from ..utils.run_key import run_key_from_context
+from ..compat import AirflowException, AirflowTaskTimeout
+from ..triggers.orchesjob import FLOW_ACTIVE, OrchesJobFlowTrigger, log_step_transitions
 from .base import OrchesJobBaseOperator, tail
 
 
@@ -50,7 +50,8 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         self.flow_run_key = flow_run_key
 
     def execute(self, context: Any) -> Any:
-        run_key = self.flow_run_key or run_key_from_context(context)
+        self.remember_task_instance(context)
+        run_key = self.task_run_key(context, self.flow_run_key)
         self.flow_run_key = run_key
         if self.flow_path_on_host:
             started = self.hook.start_flow_file(run_key, self.flow_path_on_host)
@@ -66,10 +67,30 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
             self.log.info("repairing flow run %s: %s", run_key, started.get("status"))
         if started.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
             return self.finish(started)
-        self.defer(
-            trigger=OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs()),
-            method_name="execute_complete",
-        )
+        if self.deferrable:
+            self.defer(
+                trigger=OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs(context)),
+                method_name="execute_complete",
+            )
+        return self._poll_in_worker(run_key)
+
+    def _poll_in_worker(self, run_key: str) -> Any:
+        """Non-deferrable mode: poll the flow run from the worker, logging step transitions like the trigger."""
+        steps: dict[str, str] = {}
+        try:
+            while True:
+                flow = self.hook.flow_status(run_key)
+                log_step_transitions(self.log, steps, flow)
+                if flow["status"] not in FLOW_ACTIVE:
+                    return self.finish(flow)
+                time.sleep(self.poll_interval)
+        except AirflowTaskTimeout as exc:
+            try:
+                out = self.hook.cancel_flow(run_key, grace=self.kill_grace)
+                message = f"{exc or 'execution_timeout'}: flow run {run_key} cancelled ({out.get('status')})"
+            except Exception as stop_exc:  # noqa: BLE001 - reported, never hidden
+                message = f"{exc or 'execution_timeout'}: flow run {run_key} could NOT be cancelled ({stop_exc})"
+            raise AirflowTaskTimeout(message) from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self.raise_for_event(event)
@@ -85,7 +106,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
                 f"- step {step['id']} {step['status']} (attempt {step.get('attempt_no')}): {step.get('error')}"
             )
             try:
-                err = self.hook.job_logs(run_key=step["run_key"], stream="stderr")[-4096:].decode("utf-8", "replace")
+                err = self.hook.stderr_tail(run_key=step["run_key"]).decode("utf-8", "replace")
             except Exception:  # noqa: BLE001 - the step may never have started
                 err = ""
             if err.strip():
@@ -93,7 +114,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         raise AirflowException("\n".join(lines))
 
     def on_kill(self) -> None:
-        if self.abort_on_kill and self.flow_run_key:
+        if self.abort_on_kill and self.flow_run_key and self.killed_by_user():
             try:
                 self.hook.cancel_flow(self.flow_run_key, grace=self.kill_grace)
             except Exception as exc:  # noqa: BLE001

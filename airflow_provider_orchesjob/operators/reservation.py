@@ -10,8 +10,7 @@ from typing import Any
 from ..compat import AirflowException
 from ..hooks.commands import number
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
-from ..utils.run_key import run_key_from_context
-from .base import TERMINAL_FAILURES
+from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES
 from .job import OrchesJobStartOperator
 
 
@@ -51,17 +50,24 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         self.wait_for_completion = wait_for_completion
 
     def _start_options(self) -> list[str]:
+        if self.env:
+            # The dispatcher starts the job later, without a stdin to carry the values: they
+            # would be stored in the reservation and put on the host's command line.
+            raise AirflowException(
+                "env is not supported by OrchesJobReserveOperator: the reservation would store the values and the "
+                "dispatch would put them on the host's command line. Read secrets on the host instead (a file "
+                "only the job's user can read), or use OrchesJobStartOperator, whose env travels on stdin."
+            )
         options = ["--reuse-policy", self.reuse_policy, *self.start_options]
         if self.cwd:
             options += ["--cwd", self.cwd]
-        for key, value in (self.env or {}).items():
-            options += ["--env", f"{key}={value}"]
         if self.timeout:
             options += ["--timeout", number(self.timeout)]
         return options
 
     def execute(self, context: Any) -> Any:
-        run_key = self.run_key or run_key_from_context(context)
+        self.remember_task_instance(context)
+        run_key = self.task_run_key(context, self.run_key)
         self.run_key = run_key
         ti = context["ti"]
         metadata = self.metadata or {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
@@ -79,26 +85,26 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         if not self.wait_for_completion:
             return res
         job_id = res.get("job_id")
-        if job_id and self.hook.job_status(job_id=job_id)["status"] in TERMINAL_FAILURES:
-            # A retry after the dispatched job failed: like the start operator, start the next
-            # attempt now under the same run key (the reuse policy still adopts a success).
-            job = self.hook.start_job(run_key, self.command, reuse_policy=self.reuse_policy, cwd=self.cwd,
-                                      env=self.env, timeout=self.timeout)  # fmt: skip
-            self.log.info("dispatched job %s had failed: started attempt %s (job %s)", job_id, job["attempt_no"],
-                          job["job_id"])  # fmt: skip
+        if job_id and self.hook.job_status(job_id=job_id)["status"] in (*TERMINAL_FAILURES, *STOPPING):
+            # A retry after the dispatched job failed (or is being stopped): like the start
+            # operator, start the next attempt under the same run key once nothing of the
+            # previous one is left (the reuse policy still adopts a success, refuses after LOST).
+            job = self.start(context)
+            self.log.info("dispatched job %s had not succeeded: now job %s (attempt %s, %s)", job_id,
+                          job["job_id"], job.get("attempt_no"), job["status"])  # fmt: skip
             job_id = job["job_id"]
         if self.deferrable:
             trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
-                                                  **self.trigger_kwargs())  # fmt: skip
+                                                  **self.trigger_kwargs(context))  # fmt: skip
             self.defer(trigger=trigger, method_name="execute_complete")
-        return self._wait_in_worker(run_key, job_id)
+        return self._wait_in_worker(context, run_key, job_id)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") == "reservation_ended":
             raise _ended_without_job(event["reservation"])
         return super().execute_complete(context, event)
 
-    def _wait_in_worker(self, run_key: str, job_id: str | None) -> Any:
+    def _wait_in_worker(self, context: Any, run_key: str, job_id: str | None) -> Any:
         """Non-deferrable mode: what the reservation trigger does, polling from the worker."""
         while job_id is None:
             res = self.hook.reservation_status(run_key)["reservation"]
@@ -110,11 +116,13 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             else:
                 raise _ended_without_job(res)
         self._job_id = job_id
-        return self._poll_in_worker(run_key, job_id)
+        return self._poll_in_worker(context, job_id)
 
     def on_kill(self) -> None:
         """Non-deferrable mode: cancel the reservation, or (once dispatched) abort its job."""
         if self.abort_on_kill and self.wait_for_completion and self._job_id is None and self.run_key:
+            if not self.killed_by_user():
+                return
             try:
                 self.hook.cancel_reservation(self.run_key)
             except Exception as exc:  # noqa: BLE001 - already ended, or unreachable

@@ -10,10 +10,18 @@ Rules every trigger here follows:
 * all state needed to resume lives in the serialized kwargs and in the event
   payload (log offsets, last seen statuses), because Airflow may drop
   ``defer(kwargs=...)`` and may move a trigger to another triggerer;
-* a user killing the deferred task (mark failed/success, clear) aborts the
-  remote work when ``abort_on_kill`` is set: ``BaseTrigger.on_kill`` on Airflow
-  3.3+, and on older versions the established fallback of catching the
-  cancellation and checking that the task instance is no longer deferred.
+* a user killing the deferred task (mark failed/success, clear) stops the
+  remote work when ``abort_on_kill`` is set — and only then: a cancelled trigger
+  first reads the task instance's state (mapped task instances by their own key)
+  and stops nothing while the task is still deferred (the trigger moved to
+  another triggerer, or its triggerer shuts down) or when the state cannot be
+  read. ``BaseTrigger.on_kill`` on Airflow 3.3+ (which calls it for triggers that
+  moved as well), the cancellation itself on older versions;
+* the stop names the try that asked for it (``utils/lifecycle.stop_reason``), so
+  the next try can tell an earlier try's stop from a stop of its own job;
+* ``deadline`` (from ``execution_timeout`` and ``trigger_timeout``) is enforced
+  here, because Airflow 3.3 does not time out a deferred task: the remote work is
+  stopped and the event says truthfully whether that worked.
 """
 
 from __future__ import annotations
@@ -24,15 +32,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..compat import AIRFLOW_V3, AIRFLOW_V3_3, BaseTrigger, TriggerEvent
+from ..compat import AIRFLOW_V3_3, BaseTrigger, TriggerEvent, run_sync, task_instance_state
 from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotFound
 from ..hooks.batching import until_next_tick
+from ..utils.lifecycle import ACTIVE_JOB, is_user_kill, normalize_state, stop_reason, timeout_message
 
-ACTIVE_JOB = ("STARTING", "RUNNING")
+__all__ = ["ACTIVE_JOB", "PENDING_RESERVATION", "OrchesJobTrigger", "OrchesJobReservationTrigger",
+           "OrchesJobFlowTrigger", "chunk_bytes", "chunk_done"]  # fmt: skip
+
 PENDING_RESERVATION = ("RESERVED", "DISPATCHING")  # not dispatched yet, may still be
 TAIL_BYTES = 4096
 CATCH_UP_BYTES = 1 << 20
 ABORT_TIMEOUT = 25.0  # below Airflow's default on_kill budget (30 s)
+KILL_STOP_WAIT = 3.0  # a kill asks for the stop and returns: the host finishes it on its own
 
 
 def chunk_bytes(chunk: dict | None) -> bytes:
@@ -46,6 +58,19 @@ def chunk_bytes(chunk: dict | None) -> bytes:
 
 def chunk_done(chunk: dict | None) -> bool:
     return not chunk or chunk["next_offset"] >= chunk.get("size", 0)
+
+
+FLOW_ACTIVE = ("PENDING", "RUNNING")
+
+
+def log_step_transitions(log: Any, step_statuses: dict[str, str], flow: dict[str, Any]) -> None:
+    """Log each step whose status changed since ``step_statuses`` (updated in place)."""
+    for step in flow.get("steps", []):
+        previous = step_statuses.get(step["id"])
+        if previous != step["status"]:
+            log.info("step %s: %s -> %s (attempt %s, run key %s)", step["id"], previous or "-", step["status"],
+                     step.get("attempt_no"), step.get("run_key"))  # fmt: skip
+            step_statuses[step["id"]] = step["status"]
 
 
 class _PollingTrigger(BaseTrigger):
@@ -64,8 +89,10 @@ class _PollingTrigger(BaseTrigger):
         kill_grace: float = 5.0,
         deadline: float | None = None,
         reconnect_budget: float = 600.0,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
+        self.try_number = try_number
         self.ssh_conn_id = ssh_conn_id
         self.remote_host = remote_host
         self.orchesjob_home = orchesjob_home
@@ -91,6 +118,7 @@ class _PollingTrigger(BaseTrigger):
             "kill_grace": self.kill_grace,
             "deadline": self.deadline,
             "reconnect_budget": self.reconnect_budget,
+            "try_number": self.try_number,
         }
 
     async def hook(self) -> Any:
@@ -106,7 +134,7 @@ class _PollingTrigger(BaseTrigger):
             )
             if hook.transport_kind != "local":
                 # Connection lookup is synchronous (DB or API server): keep it off the event loop.
-                await asyncio.to_thread(hook.ssh_config)
+                await run_sync(hook.ssh_config)
             self._hook = hook
         return self._hook
 
@@ -114,7 +142,8 @@ class _PollingTrigger(BaseTrigger):
     async def poll(self, hook: Any) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    async def abort_remote(self, hook: Any, reason: str) -> None:
+    async def abort_remote(self, hook: Any, reason: str, wait: float | None = None) -> dict[str, Any] | None:
+        """Stop the remote work; return what the host answered (None: there was nothing to stop)."""
         raise NotImplementedError
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -123,8 +152,10 @@ class _PollingTrigger(BaseTrigger):
                 yield event
                 return
         except asyncio.CancelledError:
-            if self.abort_on_kill and not AIRFLOW_V3_3 and await self._task_was_killed():
-                await self._abort_quietly("task killed by a user while deferred")
+            # Before 3.3 there is no on_kill: a user's kill, a move to another triggerer and
+            # a triggerer shutdown all arrive here; the task's state tells them apart.
+            if self.abort_on_kill and not AIRFLOW_V3_3 and await self._confirm_user_kill():
+                await self._stop_quietly("task killed by a user while deferred", KILL_STOP_WAIT)
             raise
 
     async def _loop(self) -> AsyncIterator[TriggerEvent]:
@@ -132,84 +163,86 @@ class _PollingTrigger(BaseTrigger):
         failing_since: float | None = None
         while True:
             if self.deadline is not None and time.time() >= self.deadline:
-                await self._abort_quietly("trigger timeout")
-                yield TriggerEvent(self.timeout_payload())
+                yield TriggerEvent(await self._deadline_event())
                 return
             try:
                 payload = await self.poll(hook)
                 failing_since = None
-            except OrchesJobConnectionError as exc:
-                if not exc.retryable:
+            except OrchesJobError as exc:
+                retryable = exc.retryable if isinstance(exc, OrchesJobConnectionError) else exc.transient
+                if not retryable:
                     yield TriggerEvent({"status": "error", "message": str(exc), **self.state()})
                     return
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > self.reconnect_budget:
                     yield TriggerEvent({"status": "error", "message": f"host unreachable: {exc}", **self.state()})
                     return
-                self.log.warning("poll failed (%s); will reconnect", exc)
+                self.log.warning("poll failed (%s); will retry", exc)
                 payload = None
-            except OrchesJobError as exc:
-                yield TriggerEvent({"status": "error", "message": str(exc), **self.state()})
-                return
             if payload is not None:
                 yield TriggerEvent(payload)
                 return
             # On the wall-clock grid of the interval: polls of many triggers then share one command.
-            await asyncio.sleep(0 if self._poll_now else until_next_tick(self.poll_interval))
+            sleep = 0 if self._poll_now else until_next_tick(self.poll_interval)
+            if self.deadline is not None:
+                sleep = max(0.0, min(sleep, self.deadline - time.time()))
+            await asyncio.sleep(sleep)
 
     def state(self) -> dict[str, Any]:
         """Resumable state included in every event."""
         return {}
 
-    def timeout_payload(self) -> dict[str, Any]:
-        return {"status": "timeout", "message": "trigger timeout reached; remote work aborted", **self.state()}
+    async def _deadline_event(self) -> dict[str, Any]:
+        """Stop the remote work because the deadline passed; say truthfully what happened."""
+        if not self.abort_on_kill:
+            message = "timeout: the deadline passed while deferred; remote work left running (abort_on_kill=False)"
+            return {"status": "timeout", "message": message, "stop": None, "stop_error": None, **self.state()}
+        stop, error = await self._stop_quietly("deadline reached (execution_timeout / trigger_timeout)",
+                                               self.kill_grace + 10)  # fmt: skip
+        what = "timeout: the task's deadline passed while it was deferred"
+        if stop is not None:
+            stop = {k: v for k, v in stop.items() if not k.endswith("_chunk")}
+        return {"status": "timeout", "message": timeout_message(what, stop, error), "stop": stop,
+                "stop_error": error, **self.state()}  # fmt: skip
 
     async def on_kill(self) -> None:  # Airflow >= 3.3
-        if self.abort_on_kill:
-            await self._abort_quietly("task killed by a user while deferred")
+        # 3.3 also calls on_kill for a trigger that moved to another triggerer (a stalled
+        # one resumed): the task instance's state decides whether a person acted.
+        if self.abort_on_kill and await self._confirm_user_kill():
+            await self._stop_quietly("task killed by a user while deferred", KILL_STOP_WAIT)
 
-    async def _abort_quietly(self, reason: str) -> None:
-        # Bounded: Airflow gives on_kill limited time, and a dead host must not hang the triggerer.
+    async def _stop_quietly(self, why: str, wait: float) -> tuple[dict[str, Any] | None, str | None]:
+        """(host answer, None) or (None, error text). Bounded: a dead host must not hang the triggerer."""
         try:
-            await asyncio.wait_for(self.abort_remote(await self.hook(), reason), ABORT_TIMEOUT)
-        except (OrchesJobError, asyncio.TimeoutError) as exc:  # already finished, or host unreachable
-            self.log.warning("could not stop remote work (%s): %s", reason, exc)
+            stopped = await asyncio.wait_for(
+                self.abort_remote(await self.hook(), stop_reason(why, self.try_number), wait), ABORT_TIMEOUT
+            )
+            self.log.warning("stop of remote work (%s): %s", why, (stopped or {}).get("status", "nothing to stop"))
+            return stopped, None
+        except (OrchesJobError, asyncio.TimeoutError) as exc:  # host unreachable, or refused (another user's job)
+            message = str(exc) or type(exc).__name__
+            self.log.error("could not stop remote work (%s): %s", why, message)
+            return None, message
 
-    async def _task_was_killed(self) -> bool:
-        """Airflow < 3.3 fallback: cancelled, and the task instance is no longer deferred."""
+    async def _confirm_user_kill(self) -> bool:
+        """Whether the task instance's state shows a person's action (never guessed: unknown means no)."""
         ti = getattr(self, "task_instance", None)
         if ti is None:
+            self.log.warning("cancelled without a task instance: not stopping the remote work")
             return False
+        map_index = getattr(ti, "map_index", -1)
         try:
-            if AIRFLOW_V3:
-                from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-                states = await asyncio.to_thread(
-                    RuntimeTaskInstance.get_task_states,
-                    dag_id=ti.dag_id,
-                    task_ids=[ti.task_id],
-                    run_ids=[ti.run_id],
-                    map_index=ti.map_index,
-                )
-                state = states.get(ti.run_id, {}).get(ti.task_id)
-            else:
-                from airflow.models.taskinstance import TaskInstance
-                from airflow.utils.session import create_session
-
-                def _state() -> Any:
-                    with create_session() as session:
-                        row = (
-                            session.query(TaskInstance.state)
-                            .filter_by(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index)
-                            .one_or_none()
-                        )
-                        return row[0] if row else None
-
-                state = await asyncio.to_thread(_state)
+            state = await task_instance_state(ti.dag_id, ti.task_id, ti.run_id, map_index)
         except Exception as exc:  # noqa: BLE001 - never fail the triggerer over this check
-            self.log.warning("cannot tell whether the task was killed: %s", exc)
+            self.log.warning("cannot read the task's state (%s): not stopping the remote work", exc)
             return False
-        return str(state).lower().rsplit(".", 1)[-1] != "deferred"
+        killed = is_user_kill(state)
+        self.log.info(
+            "trigger cancelled; task %s.%s[%s] of %s is %s: %s",
+            ti.dag_id, ti.task_id, map_index, ti.run_id, normalize_state(state),
+            "a user's action, stopping the remote work" if killed else "not a user's action, the remote work goes on",
+        )  # fmt: skip
+        return killed
 
 
 class OrchesJobTrigger(_PollingTrigger):
@@ -299,9 +332,11 @@ class OrchesJobTrigger(_PollingTrigger):
         job.pop("stderr_chunk", None)
         return {"status": "done", "job": job, **self.state()}
 
-    async def abort_remote(self, hook: Any, reason: str) -> None:
-        await hook.aabort_job(self.run_key if self.job_id is None else None, self.job_id, reason=reason,
-                              grace=self.kill_grace)  # fmt: skip
+    async def abort_remote(self, hook: Any, reason: str, wait: float | None = None) -> dict[str, Any] | None:
+        if self.job_id is None and self.run_key is None:
+            return None
+        return await hook.astop_job("abort", self.run_key if self.job_id is None else None, self.job_id,
+                                    reason=reason, grace=self.kill_grace, wait=wait)  # fmt: skip
 
 
 class OrchesJobReservationTrigger(OrchesJobTrigger):
@@ -331,11 +366,14 @@ class OrchesJobReservationTrigger(OrchesJobTrigger):
             return await super().poll(hook)
         return {"status": "reservation_ended", "reservation": res, **self.state()}
 
-    async def abort_remote(self, hook: Any, reason: str) -> None:
+    async def abort_remote(self, hook: Any, reason: str, wait: float | None = None) -> dict[str, Any] | None:
         if self.job_id is not None:
-            await super().abort_remote(hook, reason)
-        else:
-            await asyncio.to_thread(hook.cancel_reservation, self.reservation_run_key)
+            return await super().abort_remote(hook, reason, wait)
+        out = await run_sync(hook.cancel_reservation, self.reservation_run_key)
+        res = out.get("reservation") or {}
+        # A reservation cancelled before its dispatch: nothing ever ran.
+        return {"status": out.get("status") or "CANCELLED", "run_key": self.reservation_run_key,
+                "reservation_status": res.get("reservation_status")}  # fmt: skip
 
 
 class OrchesJobFlowTrigger(_PollingTrigger):
@@ -357,17 +395,10 @@ class OrchesJobFlowTrigger(_PollingTrigger):
 
     async def poll(self, hook: Any) -> dict[str, Any] | None:
         flow = await hook.aflow_status(self.flow_run_key)
-        for step in flow.get("steps", []):
-            previous = self.step_statuses.get(step["id"])
-            if previous != step["status"]:
-                self.log.info(
-                    "step %s: %s -> %s (attempt %s, run key %s)",
-                    step["id"], previous or "-", step["status"], step.get("attempt_no"), step.get("run_key"),
-                )  # fmt: skip
-                self.step_statuses[step["id"]] = step["status"]
-        if flow["status"] in ("PENDING", "RUNNING"):
+        log_step_transitions(self.log, self.step_statuses, flow)
+        if flow["status"] in FLOW_ACTIVE:
             return None
         return {"status": "done", "flow": flow, **self.state()}
 
-    async def abort_remote(self, hook: Any, reason: str) -> None:
-        await hook.acancel_flow(self.flow_run_key, grace=self.kill_grace)
+    async def abort_remote(self, hook: Any, reason: str, wait: float | None = None) -> dict[str, Any] | None:
+        return await hook.acancel_flow(self.flow_run_key, grace=self.kill_grace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -15,15 +16,42 @@ NASTY = ["a;b", "$(touch /tmp/x)", "`id`", "it's", 'say "hi"', "line1\nline2", "
 
 
 def test_job_start_argv():
-    argv = commands.job_start("k", ["echo", "hi"], cwd="/srv", env={"A": "1", "B": "x y"}, timeout=90, start_timeout=5)
+    argv = commands.job_start("k", ["echo", "hi"], cwd="/srv", env_file=True, timeout=90, start_timeout=5)
     assert argv == [
         "orchesjob", "start", "--run-key", "k", "--reuse-policy", "failed-only", "--start-timeout", "5",
-        "--cwd", "/srv", "--env", "A=1", "--env", "B=x y", "--timeout", "90", "--", "echo", "hi",
+        "--cwd", "/srv", "--env-file", "-", "--timeout", "90", "--", "echo", "hi",
     ]  # fmt: skip
     assert commands.job_start("k", "echo $HOME")[-3:] == ["/bin/sh", "-c", "echo $HOME"]
+    assert "--retry-lost" in commands.job_start("k", ["true"], retry_lost=True)
+    assert "--retry-lost" not in commands.job_start("k", ["true"])
 
 
-@pytest.mark.parametrize("bad", [dict(command=[]), dict(command=""), dict(env={"A=B": "1"}), dict(run_key="a\x00b")])
+def test_env_travels_as_a_json_document_never_in_argv():
+    env = {"TOKEN": "s3cr3t; $(id) 'q' \"d\"\nline ✓", "B": "x y"}
+    argv = commands.job_start("k", ["true"], env_file=True)
+    assert not any("s3cr3t" in a for a in argv)
+    line = commands.remote_command_line(argv)
+    assert "s3cr3t" not in line and "--env-file -" in line
+    assert json.loads(commands.env_document(env)) == env
+    assert commands.env_document(None) == b"{}"
+
+
+@pytest.mark.parametrize("bad", [{"A=B": "1"}, {"": "1"}, {"1A": "x"}, {"A": "nul\x00"}])
+def test_env_document_rejects_bad_names_and_values(bad):
+    with pytest.raises(ValueError):
+        commands.env_document(bad)
+
+
+def test_stop_argv():
+    assert commands.job_stop("abort", job_id="j", grace=5) == ["orchesjob", "abort", "--job-id", "j", "--grace", "5"]
+    argv = commands.job_stop("cancel", "k", reason="why [airflow try 2]", grace=1.5, wait=11.5)
+    assert argv == ["orchesjob", "cancel", "--run-key", "k", "--grace", "1.5", "--wait", "11.5",
+                    "--reason", "why [airflow try 2]"]  # fmt: skip
+    with pytest.raises(ValueError):
+        commands.job_stop("kill", "k")
+
+
+@pytest.mark.parametrize("bad", [dict(command=[]), dict(command=""), dict(run_key="a\x00b")])
 def test_job_start_rejects_bad_input(bad):
     kwargs = {"run_key": "k", "command": ["true"], **bad}
     with pytest.raises(ValueError):
