@@ -23,4 +23,5 @@ CAPABILITIES = (
     "status-batch-poll",
     "env-file",
     "clean-older-than",
+    "job-lifecycle-v2",
 )

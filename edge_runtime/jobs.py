@@ -1,22 +1,17 @@
 """Jobs: the idempotent one-shot job runner behind ``orchesjob``.
 
-Life of a job::
-
-    start ──claim (one write txn)──▶ STARTING ──supervisor records target──▶ RUNNING
-                                         │                                     │
-                                         └──────────────┬──────────────────────┘
-                                                        ▼
-                         SUCCEEDED / FAILED (supervisor)   ABORTED / CANCELLED (abort, cancel)
-                         LOST (an observer proved every recorded process gone)
+The states of a job and who may move it between them are lifecycle.py (with the
+diagram); the process tree is proctree.py; the per-job supervisor is
+supervisor.py. This module is the command layer: claim, queries, stop, clean.
 
 Who may run: the claim — deciding whether a run key gets a new execution and
 inserting it — happens inside one ``BEGIN IMMEDIATE`` transaction, backed by the
 ``jobs_one_active_per_run_key`` index and ``UNIQUE(run_key, attempt_no)``.
 
-Who may declare a job dead: anyone reading an active job checks the recorded
-process identities (claimer, supervisor, target process group). Only when all
-are provably gone does it write LOST, again inside a write transaction that
-re-reads the row first, so it can never overwrite a real outcome.
+Who may declare a job dead: anyone reading an active job asks
+``lifecycle.settlement``; only when every recorded and every marked process is
+provably gone does it record an outcome (from the supervisor's durable record),
+NEVER_LAUNCHED or LOST, inside a write transaction that re-reads the row first.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ import sqlite3
 import sys
 import time
 
-from . import process
+from . import lifecycle, process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import jobs_db_path, jobs_home, log_files, logs_dir
 from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
@@ -41,17 +36,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Reuse policies: what a new ``start`` does when the run key already has a
-# finished attempt. An active attempt is always returned, never duplicated.
+# finished attempt. An active attempt (also one being stopped) is always
+# returned, never duplicated; one that provably NEVER_LAUNCHED never blocks.
 REUSE_ALWAYS = "always"  # default: start a new attempt (spec behaviour)
-REUSE_FAILED_ONLY = "failed-only"  # new attempt only if the last did not SUCCEED
+REUSE_FAILED_ONLY = "failed-only"  # new attempt after FAILED/ABORTED/CANCELLED; LOST only with retry_lost
 REUSE_NEVER = "never"  # --strict: one execution per run key, ever
 REUSE_POLICIES = (REUSE_ALWAYS, REUSE_FAILED_ONLY, REUSE_NEVER)
 
 DEFAULT_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
-# After a SIGKILL of the target group, how long the supervisor gets to record
-# the exit status before it is killed too.
-_SUPERVISOR_RECORD_GRACE = 2.0
+# How long abort/cancel wait for the stop to complete beyond the grace period.
+STOP_WAIT_MARGIN = 10.0
 
 
 def validate_job_id(job_id: str) -> str:
@@ -87,8 +82,10 @@ def job_json(row: sqlite3.Row) -> dict[str, Any]:
         "cwd": row["cwd"],
         "env_keys": sorted(json.loads(row["env"])) if row["env"] else [],
         "timeout": row["timeout"],
+        # A stop was requested but the command had already finished on its own: its outcome stands.
+        "stop_too_late": row["stop_requested_at"] is not None and row["status"] in ("SUCCEEDED", "FAILED"),
     }
-    for name in ("started_at", "finished_at", "updated_at", "aborted_at"):
+    for name in ("started_at", "finished_at", "updated_at", "aborted_at", "stop_requested_at"):
         with_iso(out, name, row[name])
     return out
 
@@ -238,42 +235,12 @@ class Jobs:
         return self._judge(row)
 
     # --------------------------------------------------------------- liveness
-    @staticmethod
-    def _dead_reason(row: sqlite3.Row) -> str | None:
-        """Why an active job is provably dead, or None while anything may still run."""
-        boot = row["boot_id"]
-        if process.is_alive(row["worker_pid"], row["worker_start"], boot):
-            return None
-        if row["target_pid"] is not None:
-            if process.group_alive(row["target_pid"], row["target_start"], boot):
-                return None  # supervisor gone, command still running: stay active
-            return "supervisor and command exited without recording a result"
-        if row["worker_pid"] is not None:
-            return "supervisor exited before starting the command"
-        if process.is_alive(row["claimer_pid"], row["claimer_start"], boot):
-            return None  # start is still in progress
-        return "start was interrupted before the supervisor launched"
-
     def _judge(self, row: sqlite3.Row) -> sqlite3.Row:
-        """Return ``row``, first turning a provably dead active job into LOST."""
-        if row["status"] not in ACTIVE_JOB_STATUSES or self._dead_reason(row) is None:
+        """Return ``row``, first settling an active job whose processes are provably all gone."""
+        if lifecycle.settlement(row) is None:
             return row
         with self.store.write() as db:
-            return self._mark_lost_locked(db, row["job_id"])
-
-    def _mark_lost_locked(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        # Re-read inside the write lock: the supervisor may have just recorded
-        # the real outcome, which must never be overwritten.
-        row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        reason = self._dead_reason(row) if row["status"] in ACTIVE_JOB_STATUSES else None
-        if reason is not None:
-            t = now()
-            db.execute(
-                "UPDATE jobs SET status='LOST', error=?, finished_at=?, updated_at=? WHERE job_id=?",
-                (reason, t, t, job_id),
-            )
-            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return row
+            return lifecycle.settle_locked(db, row["job_id"])
 
     # ------------------------------------------------------------------ start
     def start(
@@ -288,11 +255,15 @@ class Jobs:
         env: dict[str, str] | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
+        retry_lost: bool = False,
     ) -> dict[str, Any]:
         """Start ``command`` under ``run_key`` or return the attempt that must not be repeated.
 
         ``request_id`` makes the call itself idempotent: a resent request returns
-        the job its first copy created, whatever the reuse policy would say now.
+        the job its first copy created, whatever the reuse policy would say now —
+        unless that job provably never launched, in which case this request
+        launches it anew. ``retry_lost`` lets ``failed-only`` start a new attempt
+        after LOST (an unknown outcome: the command may have completed).
         """
         validate_run_key(run_key)
         if request_id is not None and (not request_id or len(request_id) > 200 or "\x00" in request_id):
@@ -314,9 +285,15 @@ class Jobs:
                     raise UsageError(
                         f"--request-id {request_id} was already used for run key {same_request['run_key']}"
                     )
-                job = job_json(self._mark_lost_locked(db, same_request["job_id"]))
-                return _start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
-            existing, override = self._claim_decision(db, run_key, reuse_policy)
+                first = lifecycle.settle_locked(db, same_request["job_id"])
+                if first["status"] != lifecycle.NEVER_LAUNCHED:
+                    return _start_reply(job_json(first), accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                # The first copy's job never ran: this request is still unserved. Free its id.
+                db.execute(
+                    "UPDATE jobs SET request_id = request_id || ' (never launched: ' || job_id || ')' WHERE job_id=?",
+                    (first["job_id"],),
+                )
+            existing, override = self._claim_decision(db, run_key, reuse_policy, retry_lost)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
                 return _start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
@@ -340,16 +317,16 @@ class Jobs:
         return self._launch(job_id, sync=sync, start_timeout=start_timeout)
 
     def _claim_decision(
-        self, db: sqlite3.Connection, run_key: str, policy: str
+        self, db: sqlite3.Connection, run_key: str, policy: str, retry_lost: bool = False
     ) -> tuple[sqlite3.Row | dict | None, str | None]:
         """Inside the write lock: (attempt to return instead, or None; unlock reason used)."""
         latest = db.execute(
             "SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
         ).fetchone()
         if latest is not None and latest["status"] in ACTIVE_JOB_STATUSES:
-            latest = self._mark_lost_locked(db, latest["job_id"])
+            latest = lifecycle.settle_locked(db, latest["job_id"])
             if latest["status"] in ACTIVE_JOB_STATUSES:
-                return latest, None
+                return latest, None  # running, or being stopped: never a second copy beside it
         rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
         if rk is None or rk["attempts"] == 0 or policy == REUSE_ALWAYS:
             return None, None
@@ -357,7 +334,11 @@ class Jobs:
         # its outcome lives on in the run key's tombstone.
         newest_kept = latest is not None and latest["attempt_no"] >= rk["attempts"]
         previous: sqlite3.Row | dict = latest if newest_kept else tombstone_json(rk)
-        if policy == REUSE_FAILED_ONLY and previous["status"] != "SUCCEEDED":
+        if previous["status"] == lifecycle.NEVER_LAUNCHED:
+            return None, None  # nothing ran: not an execution under any policy
+        if policy == REUSE_FAILED_ONLY and previous["status"] not in ("SUCCEEDED", "LOST"):
+            return None, None
+        if policy == REUSE_FAILED_ONLY and previous["status"] == "LOST" and retry_lost:
             return None, None
         t = now()
         if rk["unlock_at"] is not None and (rk["unlock_expires_at"] is None or rk["unlock_expires_at"] > t):
@@ -459,12 +440,7 @@ class Jobs:
 
     def _abandon_unsupervised(self, job_id: str, reason: str) -> None:
         with self.store.write() as db:
-            t = now()
-            db.execute(
-                "UPDATE jobs SET status='LOST', error=?, finished_at=?, updated_at=? "
-                "WHERE job_id=? AND status='STARTING' AND worker_pid IS NULL",
-                (reason, t, t, job_id),
-            )
+            lifecycle.abandon(db, job_id, reason)
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job is terminal (or ``timeout``); returns its JSON.
@@ -545,7 +521,8 @@ class Jobs:
         return [dict(job_json(self._judge(r)), strict_override=override) for r in rows]
 
     def running(self) -> list[dict[str, Any]]:
-        rows = self.store.all("SELECT * FROM jobs WHERE status IN ('STARTING','RUNNING') ORDER BY started_at")
+        marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
+        rows = self.store.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY started_at", ACTIVE_JOB_STATUSES)
         judged = (self._judge(r) for r in rows)
         return [job_json(r) for r in judged if r["status"] in ACTIVE_JOB_STATUSES]
 
@@ -612,11 +589,22 @@ class Jobs:
         status: str = "ABORTED",
         reason: str | None = None,
         grace: float = 5.0,
+        wait: float | None = None,
     ) -> dict[str, Any]:
-        """Record ABORTED/CANCELLED first, then SIGTERM, grace, SIGKILL the job's processes."""
+        """Stop the job's whole tree; ABORTED/CANCELLED is recorded only once nothing of it is alive.
+
+        Records ABORTING/CANCELLING (an active state: a retry in the meantime gets
+        this job back), has the supervisor TERM the tree once and KILL it after
+        ``grace``, and waits up to ``wait`` seconds for the end. The reply may
+        still say ABORTING/CANCELLING; resending the stop is harmless.
+        """
+        stopping = lifecycle.STOPPING[status]
         row = self._find(run_key, job_id)
+        refused = lifecycle.may_stop(row)
+        if refused:
+            raise InvalidState(refused, job_id=row["job_id"], run_key=row["run_key"], status=row["status"])
         with self.store.write() as db:
-            row = self._mark_lost_locked(db, row["job_id"])
+            row = lifecycle.settle_locked(db, row["job_id"])
             if row["status"] not in ACTIVE_JOB_STATUSES:
                 raise InvalidState(
                     f"job {row['job_id']} is not active (status {row['status']})",
@@ -624,41 +612,41 @@ class Jobs:
                     run_key=row["run_key"],
                     status=row["status"],
                 )
-            t = now()
-            db.execute(
-                "UPDATE jobs SET status=?, abort_reason=?, aborted_at=?, finished_at=?, updated_at=? WHERE job_id=?",
-                (status, reason, t, t, t, row["job_id"]),
-            )
-        sent = self._terminate(row, grace)
-        out = job_json(self._by_id(row["job_id"]))
-        out.update(sent)
-        out["aborted" if status == "ABORTED" else "cancelled"] = True
+            signal_tree = lifecycle.request_stop(db, row, status, reason, grace)
+            row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
+        told = False
+        if signal_tree:
+            told = process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
+            row = self._await_stop(row, grace, grace + STOP_WAIT_MARGIN if wait is None else wait)
+        out = job_json(row)
+        # The spec's signal report. The supervisor sends the signals now, each process gets one TERM.
+        out["sent_term_worker"] = told
+        out["sent_term_target"] = row["target_pid"] is not None and not out["stop_too_late"]
+        out["sent_kill_target"] = bool(row["tree_killed"])
+        out["sent_kill_worker"] = False
+        out["aborted" if status == "ABORTED" else "cancelled"] = row["status"] == status
+        out["stopping"] = row["status"] == stopping or row["status"] in lifecycle.STOPPED
         return out
 
-    @staticmethod
-    def _terminate(row: sqlite3.Row, grace: float) -> dict[str, bool]:
-        boot = row["boot_id"]
-        target = (row["target_pid"], row["target_start"])
-        worker = (row["worker_pid"], row["worker_start"])
-        sent = {
-            "sent_term_target": process.signal_group(*target, boot, 15),
-            "sent_term_worker": process.signal_process(*worker, boot, 15),
-        }
-
-        def wait(check, seconds: float) -> None:
-            deadline = time.monotonic() + seconds
-            delay = 0.01
-            while check() and time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-
-        wait(lambda: process.group_alive(*target, boot) or process.is_alive(*worker, boot), grace)
-        sent["sent_kill_target"] = process.signal_group(*target, boot, 9)
-        if sent["sent_kill_target"]:
-            # Let the supervisor reap the command and record its exit status.
-            wait(lambda: process.is_alive(*worker, boot), _SUPERVISOR_RECORD_GRACE)
-        sent["sent_kill_worker"] = process.signal_process(*worker, boot, 9)
-        return sent
+    def _await_stop(self, row: sqlite3.Row, grace: float, wait: float) -> sqlite3.Row:
+        """Tell the supervisor, then wait for the terminal status; stop the tree ourselves if it is gone."""
+        job_id = row["job_id"]
+        deadline = time.monotonic() + wait
+        while True:
+            if not lifecycle.supervisor_alive(row) and row["status"] in ACTIVE_JOB_STATUSES:
+                # Nobody owns the tree any more (OOM-killed supervisor): stop it here.
+                hit_main, killed = lifecycle.stop_orphaned_tree(row, grace)
+                with self.store.write() as db:
+                    row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                    if hit_main and row["status"] in lifecycle.STOPPED and not lifecycle.tree_pids(row):
+                        lifecycle.finish(db, job_id, lifecycle.STOPPED[row["status"]], None, None, killed)
+                    row = lifecycle.settle_locked(db, job_id)
+            remaining = deadline - time.monotonic()
+            if row["status"] not in ACTIVE_JOB_STATUSES or remaining <= 0:
+                return row
+            if lifecycle.supervisor_alive(row):
+                process.wait_exit(row["worker_pid"], row["worker_start"], row["boot_id"], min(remaining, 0.5))
+            row = self._by_id(job_id)
 
     # ----------------------------------------------------------- unlock/rerun
     def unlock(self, run_key: str, reason: str | None = None, ttl: float | None = None) -> dict[str, Any]:
@@ -669,7 +657,7 @@ class Jobs:
                 "SELECT job_id FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
             ).fetchone()
             if latest is not None:
-                latest = self._mark_lost_locked(db, latest["job_id"])
+                latest = lifecycle.settle_locked(db, latest["job_id"])
             rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
             if rk is None or rk["attempts"] == 0:
                 raise NotFound(f"run key not found: {run_key}", run_key=run_key)
@@ -811,8 +799,10 @@ class Jobs:
     def info(self) -> dict[str, Any]:
         from . import CAPABILITIES, __version__
         from .home import describe
+        from .proctree import tracking
 
         out = {"version": __version__, "python": sys.version.split()[0], "capabilities": list(CAPABILITIES)}
+        out["process_tracking"] = tracking()
         out.update(describe())
         out["orchesjob_home"] = self.home
         out["orchesjob_db"] = self.db_path

@@ -5,7 +5,8 @@ how many have run. Never edit a released migration: append a new one.
 
 The exactly-once invariants live here as constraints, not only in code:
 
-* ``jobs_one_active_per_run_key`` — at most one STARTING/RUNNING job per run key.
+* ``jobs_one_active_per_run_key`` — at most one active job per run key (STARTING,
+  RUNNING, or being stopped: ABORTING/CANCELLING).
   Two racing ``start`` calls cannot both create an execution; the loser of the
   race hits this index (mapped to ``InvalidState``) if the logic ever let it by.
 * ``UNIQUE (run_key, attempt_no)`` — attempt numbers are never reused.
@@ -14,8 +15,10 @@ The exactly-once invariants live here as constraints, not only in code:
   strict key stays consumed unless the user explicitly forgets it.
 """
 
-ACTIVE_JOB_STATUSES = ("STARTING", "RUNNING")
-TERMINAL_JOB_STATUSES = ("SUCCEEDED", "FAILED", "LOST", "CANCELLED", "ABORTED")
+# The job lifecycle itself (what each status means, who may move a job between
+# them) is edge_runtime/lifecycle.py; the sets are here because the indexes use them.
+ACTIVE_JOB_STATUSES = ("STARTING", "RUNNING", "ABORTING", "CANCELLING")
+TERMINAL_JOB_STATUSES = ("SUCCEEDED", "FAILED", "ABORTED", "CANCELLED", "LOST", "NEVER_LAUNCHED")
 
 JOBS_MIGRATIONS = (
     """
@@ -75,6 +78,69 @@ JOBS_MIGRATIONS = (
     # returns the job the first copy created instead of being judged again.
     """
     ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL
+    """,
+    # The lifecycle made explicit: a stop is a state (ABORTING, CANCELLING) that the
+    # one-active-job index counts as active, so a retry arriving during the grace
+    # period gets the stopping job back instead of starting next to it; a job whose
+    # command provably never ran is NEVER_LAUNCHED, distinct from LOST (unknown).
+    # SQLite cannot alter a CHECK: the table is rebuilt, rows copied unchanged.
+    """
+    CREATE TABLE jobs_v3 (
+        job_id           TEXT PRIMARY KEY,
+        run_key          TEXT NOT NULL,
+        attempt_no       INTEGER NOT NULL CHECK (attempt_no >= 1),
+        status           TEXT NOT NULL CHECK (status IN
+                           ('STARTING','RUNNING','ABORTING','CANCELLING',
+                            'SUCCEEDED','FAILED','ABORTED','CANCELLED','LOST','NEVER_LAUNCHED')),
+        command          TEXT NOT NULL,
+        cwd              TEXT,
+        env              TEXT,
+        timeout          REAL,
+        mode             TEXT NOT NULL,
+        reuse_policy     TEXT NOT NULL,
+        strict_override_used INTEGER NOT NULL DEFAULT 0,
+        override_reason  TEXT,
+        boot_id          TEXT NOT NULL,
+        claimer_pid      INTEGER,
+        claimer_start    INTEGER,
+        worker_pid       INTEGER,
+        worker_start     INTEGER,
+        target_pid       INTEGER,
+        target_start     INTEGER,
+        exit_code        INTEGER,
+        error            TEXT,
+        stdout_file      TEXT NOT NULL,
+        stderr_file      TEXT NOT NULL,
+        rerun_of_job_id  TEXT,
+        rerun_reason     TEXT,
+        abort_reason     TEXT,
+        started_at       REAL NOT NULL,
+        finished_at      REAL,
+        updated_at       REAL NOT NULL,
+        aborted_at       REAL,
+        request_id       TEXT,
+        stop_requested_at REAL,
+        stop_grace       REAL,
+        tree_killed      INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (run_key, attempt_no),
+        CHECK ((status IN ('ABORTING','CANCELLING')) <= (stop_requested_at IS NOT NULL)),
+        CHECK ((status IN ('RUNNING','ABORTING','CANCELLING')) <= (target_pid IS NOT NULL))
+    );
+    INSERT INTO jobs_v3 (job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, reuse_policy,
+        strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, worker_pid, worker_start,
+        target_pid, target_start, exit_code, error, stdout_file, stderr_file, rerun_of_job_id, rerun_reason,
+        abort_reason, started_at, finished_at, updated_at, aborted_at, request_id)
+    SELECT job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, reuse_policy,
+        strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, worker_pid, worker_start,
+        target_pid, target_start, exit_code, error, stdout_file, stderr_file, rerun_of_job_id, rerun_reason,
+        abort_reason, started_at, finished_at, updated_at, aborted_at, request_id FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    CREATE UNIQUE INDEX jobs_one_active_per_run_key ON jobs (run_key)
+        WHERE status IN ('STARTING','RUNNING','ABORTING','CANCELLING');
+    CREATE INDEX jobs_active ON jobs (status) WHERE status IN ('STARTING','RUNNING','ABORTING','CANCELLING');
+    CREATE INDEX jobs_finished_at ON jobs (finished_at);
     CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL
     """,
 )

@@ -1,23 +1,31 @@
-"""The per-job supervisor process.
+"""The per-job supervisor process: it owns the job's process tree from launch to outcome.
 
 ``start`` claims the job, then spawns this module as a detached process (double
-fork + exec of a fresh interpreter, so it inherits no SQLite state, threads or
-terminal from the caller, and its caller's SSH channel can close at once).
+fork + exec of a fresh, isolated interpreter: ``python -I``, so nothing from the
+caller's directory or user site is imported; it inherits no SQLite state,
+threads or terminal, and the caller's SSH channel can close at once).
 
 Ordering is what makes crashes safe. Each step is committed before the next
 one can have an effect outside the database:
 
 1. record our own identity (only while the job is still STARTING and nobody
    recorded a supervisor) — otherwise exit without running anything;
-2. fork the command's process into its own session, *held at a gate* (a pipe);
-3. record the command's identity and RUNNING — if the job was cancelled in the
+2. become the child subreaper (see proctree.py), fork the command's process into
+   its own session, *held at a gate* (a pipe);
+3. record the command's identity and RUNNING — if the job was stopped in the
    meantime, drop the gate and the command never executes;
 4. open the gate; the child execs the command;
-5. wait (enforcing the host-side timeout), record the exit status.
+5. wait for the command, a stop request (SIGTERM from ``abort``/``cancel``) or the
+   host-side timeout; a stop or timeout sends one TERM to every process of the
+   tree, then KILL after the grace period;
+6. when the main command exits: write the outcome to a durable record (fsync),
+   stop whatever is left of the tree, and only when nothing of it is alive
+   record the terminal status in the database, retrying until the write lands.
 
 If the supervisor dies between 2 and 4, the gated child reads EOF and exits
-without executing. After 4, the command runs on even if we die, and observers
-keep the job active until its process group is gone (then LOST).
+without executing (NEVER_LAUNCHED). After 4, the tree runs on even if we die;
+readers keep the job active until every marked process is gone, then take the
+outcome from the record, or call it LOST when there is none.
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ import signal
 import sys
 import time
 
-from . import process
+from . import lifecycle, process, proctree
+from .errors import LockError
 from .schema import JOBS_MIGRATIONS
 from .store import Store
 
-TIMEOUT_KILL_GRACE = 5.0
+# Signals the supervisor takes synchronously (sigtimedwait) instead of in handlers.
+_WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Notify:
@@ -72,25 +83,24 @@ def spawn(db_path: str, job_id: str) -> Notify:
     if pid == 0:  # intermediate child: detach, fork again, exit
         try:
             os.setsid()
+            os.chdir("/")  # the supervisor holds no directory of the caller's
             if os.fork() == 0:
                 os.close(r)
                 os.set_inheritable(w, True)
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
+                # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables:
+                # a json.py planted in the caller's directory is never imported.
                 os.execv(
                     sys.executable,
-                    [sys.executable, "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
+                    [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
                 )
         finally:
             os._exit(0)
     os.close(w)
     os.waitpid(pid, 0)
     return Notify(r)
-
-
-class _Timeout(Exception):
-    pass
 
 
 def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, err_path: str):
@@ -109,10 +119,11 @@ def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, er
             os.dup2(null, 0)
             os.dup2(out, 1)
             os.dup2(err, 2)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())  # the mask survives exec: give a clean one
             if os.read(gate_r, 1) != b"g":
-                os._exit(0)  # supervisor gone or job cancelled: never run
+                os._exit(0)  # supervisor gone or job stopped: never run
             if cwd:
                 os.chdir(cwd)
             os.execvpe(argv[0], argv, env)
@@ -126,11 +137,84 @@ def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, er
     return pid, gate_w, err_r
 
 
+class _Tree:
+    """The running job: its main command and everything it spawned (see proctree.py)."""
+
+    def __init__(self, main_pid: int) -> None:
+        self.main_pid = main_pid
+        self.main_status: int | None = None  # waitpid status once the main command exited
+        self.term_at: float | None = None  # monotonic time of the tree's one TERM
+        self.grace = lifecycle.LEFTOVER_GRACE
+        self.termed: set[int] = set()
+        self.stop_first: str | None = None  # stop status, if the stop's TERM came before the main exit
+        self.timed_out = False
+        self.killed = False  # something outlived its TERM
+
+    def reap(self) -> None:
+        """Collect every exited child (the command, and orphans re-parented to us)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.main_pid:
+                self.main_status = status
+
+    def alive(self) -> list[int]:
+        return proctree.descendants(os.getpid())
+
+    def terminate(self, grace: float) -> None:
+        """One TERM to every process of the tree (also ones that appear later, once each)."""
+        if self.term_at is None:
+            self.term_at = time.monotonic()
+            self.grace = grace
+        fresh = [p for p in self.alive() if p not in self.termed]
+        self.termed.update(fresh)
+        proctree.send(fresh, signal.SIGTERM)
+
+    def escalate(self) -> None:
+        if self.term_at is not None and time.monotonic() >= self.term_at + self.grace:
+            left = self.alive()
+            if left:
+                self.killed = True
+                proctree.kill_now(left)
+
+
+def _stop_requested(store: Store, job_id: str) -> tuple[str, float]:
+    """(terminal status, grace) of the stop that signalled us.
+
+    ``abort``/``cancel`` record ABORTING/CANCELLING before they signal; a SIGTERM
+    with no stop recorded (host shutdown, a user's kill) is treated as an abort.
+    """
+    try:
+        row = store.one("SELECT status, stop_grace FROM jobs WHERE job_id=?", (job_id,))
+    except Exception:  # noqa: BLE001 - a read must not keep us from stopping the tree
+        row = None
+    if row is not None and row["status"] in lifecycle.STOPPED:
+        grace = row["stop_grace"] if row["stop_grace"] is not None else lifecycle.LEFTOVER_GRACE
+        return lifecycle.STOPPED[row["status"]], grace
+    return lifecycle.ABORTED, lifecycle.LEFTOVER_GRACE
+
+
+def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool) -> None:
+    """Record the terminal status; a locked database delays it, never drops it."""
+    delay = 0.05
+    while True:
+        try:
+            with store.write() as db:
+                lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
+            return
+        except LockError:
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     # Inherited on purpose through our exec; the command must not inherit it in turn.
     os.set_inheritable(notify_fd, False)
     store = Store(db_path, JOBS_MIGRATIONS)
-    db = store.conn
 
     def tell(marker: bytes) -> None:
         try:
@@ -139,12 +223,8 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
             pass  # the caller stopped listening; that is fine
 
     me_pid, me_start = process.identity()
-    with store.write():
-        claimed = db.execute(
-            "UPDATE jobs SET worker_pid=?, worker_start=?, updated_at=? "
-            "WHERE job_id=? AND status='STARTING' AND worker_pid IS NULL",
-            (me_pid, me_start, time.time(), job_id),
-        ).rowcount
+    with store.write() as db:
+        claimed = lifecycle.record_supervisor(db, job_id, me_pid, me_start)
         row = db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
     if not claimed:
         tell(b"F")
@@ -153,79 +233,76 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     process.kill_point("supervisor:recorded-self")
 
     env = dict(os.environ)
+    env.pop("ORCHESJOB_TEST_KILL_AT", None)  # crash-test hook: ours, not the command's
     if row["env"]:
         env.update(json.loads(row["env"]))
+    env[proctree.ENV_MARKER] = job_id
+    proctree.set_child_subreaper()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     argv = json.loads(row["command"])
     pid, gate_w, err_r = _launch_child(argv, env, row["cwd"], row["stdout_file"], row["stderr_file"])
     child_start = process.start_time(pid)
     process.kill_point("supervisor:forked")
-    with store.write():
-        running = db.execute(
-            "UPDATE jobs SET target_pid=?, target_start=?, status='RUNNING', updated_at=? "
-            "WHERE job_id=? AND status='STARTING'",
-            (pid, child_start, time.time(), job_id),
-        ).rowcount
+    with store.write() as db:
+        running = lifecycle.record_running(db, job_id, pid, child_start)
     process.kill_point("supervisor:recorded-target")
     if running:
         os.write(gate_w, b"g")
     os.close(gate_w)
-    launch_error = os.read(err_r, 4096).decode(errors="replace")  # EOF once exec succeeded
+    launch_error = os.read(err_r, 4096).decode(errors="replace") or None  # EOF once exec succeeded
     os.close(err_r)
     if running and not launch_error:
         tell(b"T")
     process.kill_point("supervisor:running")
 
-    timed_out = False
-    timeout = row["timeout"]
-
-    def on_term(signum, frame):
-        # Someone (abort, shutdown) wants the job stopped: pass it to the command.
-        process.signal_group(pid, child_start, process.boot_id(), signal.SIGTERM)
-
-    def on_alarm(signum, frame):
-        raise _Timeout
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGALRM, on_alarm)
-    if timeout and running and not launch_error:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except _Timeout:
-        timed_out = True
-        boot = process.boot_id()
-        process.signal_group(pid, child_start, boot, signal.SIGTERM)
-        try:
-            signal.setitimer(signal.ITIMER_REAL, TIMEOUT_KILL_GRACE)
-            _, status = os.waitpid(pid, 0)
-        except _Timeout:
-            process.signal_group(pid, child_start, boot, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-
-    # -N for a command killed by signal N, as the public release records it.
-    code = os.waitstatus_to_exitcode(status)
-    process.kill_point("supervisor:exited")
-    t = time.time()
-    if launch_error:
-        outcome, error, code = "FAILED", f"failed to launch: {launch_error}", 127
-    elif timed_out:
-        outcome, error = "FAILED", f"timed out after {timeout:g} s (host-side --timeout)"
-    else:
-        outcome, error = ("SUCCEEDED" if code == 0 else "FAILED"), None
-    if running:
-        with store.write():
-            # ABORTED/CANCELLED were recorded by whoever stopped the job: keep them,
-            # but still record the exit code. LOST cannot be right if we are here.
-            db.execute(
-                "UPDATE jobs SET exit_code=?, updated_at=?, "
-                "finished_at=COALESCE(finished_at, ?), "
-                "error=COALESCE(?, error), "
-                "status=CASE WHEN status IN ('STARTING','RUNNING','LOST') THEN ? ELSE status END "
-                "WHERE job_id=?",
-                (code, t, t, error, outcome, job_id),
+    tree = _Tree(pid)
+    timeout = row["timeout"] if running and not launch_error else None
+    deadline = time.monotonic() + timeout if timeout else None
+    record_path = lifecycle.outcome_path(row)
+    outcome = None
+    while True:
+        tree.reap()
+        if tree.main_status is not None and outcome is None:
+            # The main command is done: its outcome becomes durable before anything else.
+            code = os.waitstatus_to_exitcode(tree.main_status)  # -N: killed by signal N
+            status, error = lifecycle.decide_outcome(
+                127 if launch_error else code,
+                launch_error=launch_error,
+                stopped_as=tree.stop_first,
+                timeout=timeout if tree.timed_out else None,
             )
+            outcome = {"status": status, "exit_code": 127 if launch_error else code, "error": error}
+            process.kill_point("supervisor:main-exited")
+            if running:
+                lifecycle.write_outcome(record_path, outcome)
+            process.kill_point("supervisor:exited")
+            tree.terminate(tree.grace if tree.term_at is not None else lifecycle.LEFTOVER_GRACE)
+        left = tree.alive()
+        if outcome is not None and not left:
+            tree.reap()
+            break
+        if tree.term_at is None and deadline is not None and time.monotonic() >= deadline:
+            tree.timed_out = True
+            tree.terminate(lifecycle.LEFTOVER_GRACE)
+        tree.escalate()
+        if tree.term_at is None:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        else:
+            # Grandchildren exiting send us no SIGCHLD: look again shortly.
+            wait = 0.05 if left else 0.01
+        sig = signal.sigtimedwait(_WATCHED, 3600.0 if wait is None else wait)
+        if sig is not None and sig.si_signo in _STOP_SIGNALS and tree.term_at is None:
+            stopped_as, grace = _stop_requested(store, job_id)
+            if tree.main_status is None:
+                tree.stop_first = stopped_as
+            tree.terminate(grace)
+        elif sig is not None and sig.si_signo in _STOP_SIGNALS and tree.main_status is None:
+            tree.terminate(tree.grace)  # a resent stop: TERM only processes that have none yet
+
+    if running:
+        process.kill_point("supervisor:tree-gone")
+        _write_until_it_lands(store, job_id, outcome, tree.killed)
+        lifecycle.discard_outcome(record_path)
     tell(b"F")
 
 

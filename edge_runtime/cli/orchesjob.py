@@ -28,10 +28,14 @@ prints the resolved paths.
 
 START_EPILOG = """\
 reuse policies (what start does when the run key already has a FINISHED attempt;
-an attempt that is still STARTING/RUNNING is always returned, never duplicated):
+an active attempt -- STARTING, RUNNING, or being stopped: ABORTING/CANCELLING --
+is always returned, never duplicated; after NEVER_LAUNCHED, whose command provably
+never ran, every policy starts a new attempt):
   always       start a new attempt (default)
-  failed-only  return a SUCCEEDED attempt; start a new attempt only after
-               FAILED, LOST, ABORTED or CANCELLED (what Airflow retries use)
+  failed-only  return a SUCCEEDED attempt; start a new attempt after FAILED,
+               ABORTED or CANCELLED (what Airflow retries use). LOST (outcome
+               unknown: the command may have completed) is returned as well,
+               unless --retry-lost is given
   never        one execution per run key, ever (same as --strict); `unlock`
                grants a one-time exception
 examples:
@@ -63,6 +67,11 @@ def add_start_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--start-timeout", metavar="SECS", default="10", help="seconds async start waits for target_pid (default: 10)"
     )
+    p.add_argument(
+        "--retry-lost",
+        action="store_true",
+        help="with failed-only: start a new attempt after LOST too (accept that the lost one may have completed)",
+    )
     p.add_argument("--cwd", metavar="DIR", help="working directory of the command")
     p.add_argument("--env", metavar="KEY=VALUE", action="append", help="extra environment variable (repeatable)")
     p.add_argument(
@@ -74,8 +83,8 @@ def add_start_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
         metavar="DURATION",
-        help="host-side runtime limit (seconds or 30s/10m/2h/1d); the supervisor kills the "
-        "command's process group when exceeded, even if nobody is polling",
+        help="host-side runtime limit (seconds or 30s/10m/2h/1d); when exceeded the supervisor "
+        "TERMs the command's whole process tree, then KILLs it 5 s later, even if nobody is polling",
     )
 
 
@@ -86,6 +95,7 @@ def start_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--strict conflicts with --reuse-policy " + policy)
     return {
         "reuse_policy": policy,
+        "retry_lost": args.retry_lost,
         "start_timeout": parse_seconds(args.start_timeout, "--start-timeout"),
         "cwd": args.cwd,
         "env": merge_env(args.env, args.env_file),
@@ -169,17 +179,26 @@ def build_parser() -> Parser:
         help="also forget the run keys whose jobs were all deleted (their next start is a first start)",
     )
 
-    for name, verb in (("abort", "ABORTED"), ("cancel", "CANCELLED")):
+    for name, verb, stopping in (("abort", "ABORTED", "ABORTING"), ("cancel", "CANCELLED", "CANCELLING")):
         p = sub.add_parser(
             name,
-            help=f"stop an active job, recorded as {verb} before signals are sent",
-            description=f"Record {verb}, send SIGTERM to the command's process group and the supervisor, "
-            "wait the grace period, then SIGKILL what is left.",
+            help=f"stop an active job's whole process tree; {verb} once nothing of it is alive",
+            description=f"Record {stopping} (still active: a start of the run key returns this job), have "
+            "the supervisor send one SIGTERM to every process of the job's tree, SIGKILL what is left after "
+            f"the grace period, and record {verb} only when nothing of the tree is alive. Waits up to --wait "
+            f"seconds for that; if the reply still says {stopping}, poll `status` (or resend: harmless). "
+            "If the command finished on its own first, its real outcome is kept and stop_too_late is true. "
+            "A job whose processes belong to another user is refused (exit 4), nothing recorded.",
         )
         _selector(p)
         p.add_argument("--reason", metavar="TEXT", help="reason stored in the job record")
         p.add_argument(
             "--grace-seconds", metavar="SECS", default="5", help="seconds between SIGTERM and SIGKILL (default: 5)"
+        )
+        p.add_argument(
+            "--wait",
+            metavar="SECS",
+            help="how long to wait for the stop to complete (default: grace + 10)",
         )
 
     p = sub.add_parser("unlock", help="allow one more execution of a finished strict run key")
@@ -238,6 +257,7 @@ def main(argv: list[str]) -> int:
                 status="ABORTED" if cmd == "abort" else "CANCELLED",
                 reason=args.reason,
                 grace=parse_seconds(args.grace_seconds, "--grace-seconds"),
+                wait=parse_seconds(args.wait, "--wait") if args.wait is not None else None,
             )
         )
     elif cmd == "unlock":

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import cli_path
 
-TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "ABORTED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "ABORTED", "CANCELLED", "NEVER_LAUNCHED")
 
 
 def wait_until(predicate, timeout=20.0, interval=0.05):
