@@ -24,6 +24,9 @@ def _airflow_major() -> str | None:
 # tests/airflow2 runs only in its own Airflow 2.11 venv (scripts/test_airflow2.sh); every other
 # directory needs the Airflow 3 dev venv and is not given to pytest by that script.
 collect_ignore = [] if _airflow_major() == "2" else ["airflow2"]
+# tests/matrix runs only from scripts/test_matrix.sh (its own venvs and Airflow deployments).
+if not os.environ.get("ORCHESJOB_MATRIX"):
+    collect_ignore.append("matrix")
 
 # Airflow must never touch the developer's ~/airflow: give the test session its own home.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="orchesjob-airflow-home-"))

@@ -1,0 +1,100 @@
+"""A real triggerer process runs the provider's triggers, on this venv's Airflow version.
+
+Per transport (the real sshd, and the local CLIs): a deferred task whose job finishes is
+resumed on a worker and succeeds with one execution on the host; a deferred task marked failed
+while its job runs gets its remote job stopped by the trigger's cancellation path — on 3.3+
+``BaseTrigger.on_kill``, on 3.0-3.2 the fallback through ``RuntimeTaskInstance.get_task_states``,
+on 2.x the fallback through the metadata DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from airflow_provider_orchesjob.utils.run_key import run_key_for
+from tests.matrix.conftest import AIRFLOW_VERSION, BIN, DAG_ID, Deployment, wait_for
+from tests.matrix.known_bugs import KNOWN_BUGS
+
+TRANSPORTS = ["ssh", "local"]
+STOP_WITHIN = 45  # seconds from "mark failed" to the remote job ABORTED (includes the triggerer's reload)
+
+
+def host_jobs(d: Deployment, ssh_server, transport: str, task_id: str) -> list[dict]:
+    """Every attempt recorded on the host for the task instance's run key, newest first."""
+    key = run_key_for(DAG_ID, task_id, d.run_id)
+    if transport == "ssh":
+        r = ssh_server.ssh(f"ORCHESJOB_HOME={d.edge_home} ~/.local/bin/orchesjob status --run-key '{key}' --all")
+    else:
+        r = subprocess.run(
+            [os.path.join(BIN, "orchesjob"), "status", "--run-key", key, "--all"],
+            env={**os.environ, "ORCHESJOB_HOME": d.local_home}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    if r.returncode != 0:
+        return []  # nothing recorded yet (unknown home or run key)
+    return json.loads(r.stdout)
+
+
+def xfail_if_known_bug(d: Deployment, task_id: str) -> None:
+    """The task failed before deferring: a known provider bug becomes xfail, anything else fails."""
+    log = d.task_log(task_id)
+    for (exc_type, text), reason in KNOWN_BUGS.items():
+        if f"{exc_type}: " in log and text in log:
+            pytest.xfail(reason)
+    pytest.fail(f"{task_id} never deferred: {d.ti(task_id)}\n--- task log ---\n{log[-6000:]}")
+
+
+def wait_deferred(d: Deployment, task_id: str, timeout: float = 180) -> None:
+    def deferred_or_done():
+        state = d.ti(task_id)["state"]
+        return state if state in ("deferred", "success", "failed", "up_for_retry") else None
+
+    state = wait_for(f"{task_id} deferred", deferred_or_done, timeout, d)
+    if state != "deferred":
+        xfail_if_known_bug(d, task_id)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_deferred_task_is_resumed_after_the_triggerer_sees_the_job_finish(deployment, ssh_server, transport):
+    d, task_id = deployment, f"{transport}_ok"
+    wait_deferred(d, task_id)
+    finished = ("success", "failed")
+    state = wait_for(f"{task_id} finished", lambda: (s := d.ti(task_id)["state"]) in finished and s, 120, d)
+    assert state == "success", f"{d.ti(task_id)}\n--- task log ---\n{d.task_log(task_id)[-6000:]}"
+    jobs = host_jobs(d, ssh_server, transport, task_id)
+    assert [j["status"] for j in jobs] == ["SUCCEEDED"], "exactly one execution on the host"
+    # The trigger ran in the triggerer process, not in the worker.
+    assert "OrchesJobTrigger" in d.log("triggerer"), d.log("triggerer")[-4000:]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_marking_a_deferred_task_failed_stops_its_remote_job(deployment, ssh_server, transport):
+    d, task_id = deployment, f"{transport}_kill"
+    wait_deferred(d, task_id)
+    wait_for(
+        f"{task_id}'s job running",
+        lambda: [j["status"] for j in host_jobs(d, ssh_server, transport, task_id)] == ["RUNNING"], 60, d,
+    )  # fmt: skip
+    time.sleep(2)  # a few polls by the trigger
+    d.mark_failed(task_id)
+    marked = time.monotonic()
+
+    def stopped():
+        jobs = host_jobs(d, ssh_server, transport, task_id)
+        return jobs if jobs and jobs[0]["status"] not in ("STARTING", "RUNNING") else None
+
+    try:
+        jobs = wait_for(f"{task_id}'s remote job stopped", stopped, STOP_WITHIN, d)
+    except AssertionError:
+        pytest.fail(
+            f"Airflow {AIRFLOW_VERSION}: the remote job still runs {STOP_WITHIN}s after the deferred task was "
+            f"marked failed: {host_jobs(d, ssh_server, transport, task_id)}\n--- triggerer log ---\n"
+            + d.log("triggerer")[-6000:]
+        )
+    print(f"{task_id}: remote job {jobs[0]['status']} {time.monotonic() - marked:.1f}s after mark-failed")
+    assert [j["status"] for j in jobs] == ["ABORTED"], jobs
+    assert d.ti(task_id)["state"] == "failed"
