@@ -304,6 +304,13 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"
         else:
             kill_point("reserver:started")
+            if job.get("status") == "NEVER_LAUNCHED":
+                # The runtime could not get a supervisor going: nothing ran. Failing the dispatch
+                # visibly beats linking the reservation to a job that will never run.
+                error = f"job {job['job_id']} never launched: {job.get('error')}"
+                self.res.mark_failed(rid, error)
+                self.log("dispatch_failed", reservation_id=rid, run_key=run_key, error=error)
+                return
             self.res.mark_dispatched(rid, job["job_id"])
             self.log("dispatch_succeeded", reservation_id=rid, run_key=run_key, job_id=job["job_id"])
             kill_point("reserver:dispatched")
@@ -331,7 +338,12 @@ class Dispatcher:
         for row in rows:
             rid, run_key = row["reservation_id"], row["run_key"]
             job = self.client.find_started_since(run_key, row["dispatch_claimed_at"], request_id=_request_id(rid))
-            if job is not None:
+            if job is not None and job.get("status") == "NEVER_LAUNCHED":
+                # Killed between the job's claim and its supervisor: the command provably never ran.
+                # Dispatching again with the same request id launches it (the runtime frees that id).
+                self.res.requeue(rid, "recovered from DISPATCHING: its job never launched; dispatching again")
+                settled.append({"reservation_id": rid, "run_key": run_key, "action": "requeued", "job_id": None})
+            elif job is not None:
                 self.res.mark_dispatched(
                     rid, job["job_id"], note="recovered from DISPATCHING: linked to the job started before a restart"
                 )

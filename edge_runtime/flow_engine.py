@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .flow_definition import FlowDefinition, Step
 
-JOB_TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "CANCELLED", "ABORTED")
+JOB_TERMINAL = ("SUCCEEDED", "FAILED", "LOST", "CANCELLED", "ABORTED", "NEVER_LAUNCHED")
 DEFAULT_POLL_INTERVAL = 5.0
 TIMEOUT_ABORT_GRACE = 5.0
 # A job whose start was cut short by our own crash (the command provably never
@@ -712,11 +712,19 @@ class Advancer:
                     )
             kill_point("recorded")
         elif status in JOB_TERMINAL:
-            if status == "LOST" and job.get("worker_pid") is None and job.get("target_pid") is None:
-                if self._free_restart(step, attempt, job):
-                    return
+            # NEVER_LAUNCHED (or, from an older/foreign orchesjob, LOST with no process ever recorded).
+            never_ran = status == "NEVER_LAUNCHED" or (
+                status == "LOST" and job.get("worker_pid") is None and job.get("target_pid") is None
+            )
+            if never_ran and self._free_restart(step, attempt, job):
+                return
             detail = f" (exit code {job['exit_code']})" if job.get("exit_code") not in (None, 0) else ""
-            self._attempt_failed(step, attempt, f"orchesjob ended with {status}{detail}", job)
+            if status == "LOST" and not never_ran:
+                # The command ran and its outcome is unknown: retrying could run it twice.
+                detail += "; outcome unknown, not retried automatically (use `repair` to run it again)"
+            self._attempt_failed(
+                step, attempt, f"orchesjob ended with {status}{detail}", job, retry=never_ran or status != "LOST"
+            )
         else:
             # Still running: store the payload only when it says something new.
             encoded = json.dumps(job)
@@ -756,7 +764,9 @@ class Advancer:
                 )
         return True
 
-    def _attempt_failed(self, step: Step, attempt: int, error: str, job: dict[str, Any] | None) -> None:
+    def _attempt_failed(
+        self, step: Step, attempt: int, error: str, job: dict[str, Any] | None, retry: bool = True
+    ) -> None:
         t = time.time()
         with self.db.write() as db:
             if not self._flow_running_locked(db):
@@ -769,7 +779,7 @@ class Advancer:
                 return
             failures = attempt - r["attempt_base"]
             payload = json.dumps(job) if job is not None else r["orchesjob_status"]
-            if failures <= step.retries:
+            if retry and failures <= step.retries:
                 delay = retry_delay(step, failures)
                 status, due, finished = ("DELAYED", t + delay, None) if delay > 0 else ("PENDING", None, None)
             else:
