@@ -182,7 +182,7 @@ def job_stop(
     waits for the tree to be gone before it answers with the current state."""
     if verb not in ("abort", "cancel"):
         raise ValueError(verb)
-    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace", number(grace)]
+    argv = [ORCHESJOB, verb, *_selector(run_key, job_id), "--grace-seconds", number(grace)]
     if wait is not None:
         argv += ["--wait", number(wait)]
     return argv + (["--reason", _check_text(reason, "reason")] if reason else [])
@@ -214,7 +214,10 @@ def reserve(
     expires_at: datetime | str | int | float | None = None,
     metadata: Mapping | None = None,
     start_options: Sequence[str] = (),
+    env_file: bool = False,
 ) -> list[str]:
+    """``orchesjob-reserver reserve``; with ``env_file`` the job's environment is read from stdin
+    (``--env-file -``, the document of :func:`env_document`), stored apart and never printed."""
     argv = [RESERVER, "reserve", "--run-key", _check_text(run_key, "run key")]
     if (nb := time_arg(not_before)) is not None:
         argv += ["--not-before", nb]
@@ -222,6 +225,8 @@ def reserve(
         argv += ["--expires-at", ea]
     if metadata is not None:
         argv += ["--metadata-json", json.dumps(dict(metadata), sort_keys=True, default=str)]
+    if env_file:
+        argv += ["--env-file", "-"]
     for option in start_options:
         argv.append(f"--orchesjob-start-option={option}")
     return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]

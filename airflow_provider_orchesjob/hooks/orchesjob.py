@@ -33,6 +33,7 @@ from ..exceptions import (
     OrchesJobRuntimeIncompatible,
     OrchesJobRuntimeMissing,
 )
+from ..utils.lifecycle import TERMINAL_JOB
 from . import commands
 from .transport import (
     AsyncSSHTransport,
@@ -155,11 +156,15 @@ def reinstall_hint() -> str:
     )
 
 
-def _already_stopped(exc: OrchesJobError, status: str) -> str:
-    """The job id when ``exc`` says the job is already ``status``; otherwise re-raise ``exc``."""
+def _already_stopped(exc: OrchesJobError, status: str) -> tuple[str, bool]:
+    """(job id, finished on its own) when ``exc`` says the job is already ``status`` or otherwise
+    finished before the stop arrived; otherwise (e.g. another user's job: nothing was signalled)
+    re-raise ``exc``."""
     remote = exc.remote_error
-    if remote.get("status") == status and remote.get("job_id"):
-        return remote["job_id"]
+    if remote.get("job_id") and remote.get("status") == status:
+        return remote["job_id"], False
+    if remote.get("job_id") and remote.get("status") in TERMINAL_JOB:
+        return remote["job_id"], True
     raise exc
 
 
@@ -544,7 +549,8 @@ class OrchesJobHook(BaseHook):
     # it is instead of failing with InvalidState. Any other finished state still raises.
     # With job-lifecycle-v2 the runtime records ABORTING/CANCELLING first and answers
     # after at most ``wait`` seconds: the reply may still say ABORTING (poll until it is
-    # terminal), or carry ``too_late: true`` when the job had already finished on its own.
+    # terminal), or carry ``stop_too_late: true`` when the job finished on its own first.
+    # A job that had already finished before the call is returned with ``already_finished``.
     def stop_job(
         self,
         verb: str,
@@ -562,7 +568,8 @@ class OrchesJobHook(BaseHook):
         try:
             return self.run_cli(argv, timeout=None if wait is None else wait + 60)
         except OrchesJobInvalidState as exc:
-            return self.job_status(job_id=_already_stopped(exc, _STOPPED[verb]))
+            job_id, finished = _already_stopped(exc, _STOPPED[verb])
+            return {**self.job_status(job_id=job_id), **({"already_finished": True} if finished else {})}
 
     async def astop_job(
         self,
@@ -581,7 +588,8 @@ class OrchesJobHook(BaseHook):
         try:
             return await self.arun_cli(argv, timeout=None if wait is None else wait + 60)
         except OrchesJobInvalidState as exc:
-            return await self.ajob_status(job_id=_already_stopped(exc, _STOPPED[verb]))
+            job_id, finished = _already_stopped(exc, _STOPPED[verb])
+            return {**await self.ajob_status(job_id=job_id), **({"already_finished": True} if finished else {})}
 
     def abort_job(
         self, run_key: str | None = None, job_id: str | None = None, *, reason: str | None = None, grace: float = 5
@@ -627,13 +635,22 @@ class OrchesJobHook(BaseHook):
         expires_at: datetime | str | int | float | None = None,
         metadata: Mapping | None = None,
         start_options: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> dict:
-        """Store a reservation (idempotent per run key); the host dispatches it at/after ``not_before``."""
+        """Store a reservation (idempotent per run key); the host dispatches it at/after ``not_before``.
+
+        ``env`` travels on stdin (``--env-file -``) like :meth:`start_job`'s; the
+        host stores it apart from the reservation and never prints it.
+        """
+        stdin = None
+        if env:
+            self.require(ENV_FILE, "passing env without exposing it on the host's process list")
+            stdin = commands.env_document(env)
         argv = commands.reserve(
             run_key, command, not_before=not_before, expires_at=expires_at, metadata=metadata,
-            start_options=start_options,
+            start_options=start_options, env_file=stdin is not None,
         )  # fmt: skip
-        return self.run_cli(argv)
+        return self.run_cli(argv, stdin=stdin)
 
     def reservation_status(
         self, run_key: str | None = None, reservation_id: str | None = None, *, include_job: bool = False

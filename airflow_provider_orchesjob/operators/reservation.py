@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..compat import AirflowException
+from ..compat import AirflowException, mask_secret
 from ..hooks.commands import number
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
 from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES
@@ -50,14 +50,6 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         self.wait_for_completion = wait_for_completion
 
     def _start_options(self) -> list[str]:
-        if self.env:
-            # The dispatcher starts the job later, without a stdin to carry the values: they
-            # would be stored in the reservation and put on the host's command line.
-            raise AirflowException(
-                "env is not supported by OrchesJobReserveOperator: the reservation would store the values and the "
-                "dispatch would put them on the host's command line. Read secrets on the host instead (a file "
-                "only the job's user can read), or use OrchesJobStartOperator, whose env travels on stdin."
-            )
         options = ["--reuse-policy", self.reuse_policy, *self.start_options]
         if self.cwd:
             options += ["--cwd", self.cwd]
@@ -67,6 +59,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 
     def execute(self, context: Any) -> Any:
         self.remember_task_instance(context)
+        for value in (self.env or {}).values():
+            mask_secret(str(value))
         run_key = self.task_run_key(context, self.run_key)
         self.run_key = run_key
         ti = context["ti"]
@@ -74,7 +68,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                                      "map_index": getattr(ti, "map_index", -1)}  # fmt: skip
         out = self.hook.reserve(
             run_key, self.command, not_before=self.not_before, expires_at=self.expires_at, metadata=metadata,
-            start_options=self._start_options(),
+            start_options=self._start_options(), env=self.env,
         )  # fmt: skip
         res = out["reservation"]
         self.log.info(

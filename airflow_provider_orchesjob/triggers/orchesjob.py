@@ -224,22 +224,26 @@ class _PollingTrigger(BaseTrigger):
             self.log.error("could not stop remote work (%s): %s", why, message)
             return None, message
 
+    async def current_task_state(self) -> Any:
+        """The task instance's state now (None: it no longer exists); raises when it cannot be read."""
+        ti = self.task_instance
+        return await task_instance_state(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+
     async def _confirm_user_kill(self) -> bool:
         """Whether the task instance's state shows a person's action (never guessed: unknown means no)."""
         ti = getattr(self, "task_instance", None)
         if ti is None:
             self.log.warning("cancelled without a task instance: not stopping the remote work")
             return False
-        map_index = getattr(ti, "map_index", -1)
         try:
-            state = await task_instance_state(ti.dag_id, ti.task_id, ti.run_id, map_index)
+            state = await self.current_task_state()
         except Exception as exc:  # noqa: BLE001 - never fail the triggerer over this check
             self.log.warning("cannot read the task's state (%s): not stopping the remote work", exc)
             return False
         killed = is_user_kill(state)
         self.log.info(
             "trigger cancelled; task %s.%s[%s] of %s is %s: %s",
-            ti.dag_id, ti.task_id, map_index, ti.run_id, normalize_state(state),
+            ti.dag_id, ti.task_id, getattr(ti, "map_index", -1), ti.run_id, normalize_state(state),
             "a user's action, stopping the remote work" if killed else "not a user's action, the remote work goes on",
         )  # fmt: skip
         return killed

@@ -188,7 +188,7 @@ def timeout_message(what: str, stop: dict[str, Any] | None, error: str | None) -
         return f"{what}: there was no remote job to stop"
     status = stop.get("status")
     job = stop.get("job_id") or stop.get("run_key") or "?"
-    if stop.get("too_late"):
+    if stop.get("stop_too_late") or stop.get("too_late") or stop.get("already_finished"):
         return f"{what}: remote job {job} had already finished {status} before the stop arrived"
     if status in STOPPED:
         return f"{what}: remote job {job} stopped ({status})"

@@ -43,9 +43,10 @@ def test_env_document_rejects_bad_names_and_values(bad):
 
 
 def test_stop_argv():
-    assert commands.job_stop("abort", job_id="j", grace=5) == ["orchesjob", "abort", "--job-id", "j", "--grace", "5"]
+    argv = commands.job_stop("abort", job_id="j", grace=5)
+    assert argv == ["orchesjob", "abort", "--job-id", "j", "--grace-seconds", "5"]
     argv = commands.job_stop("cancel", "k", reason="why [airflow try 2]", grace=1.5, wait=11.5)
-    assert argv == ["orchesjob", "cancel", "--run-key", "k", "--grace", "1.5", "--wait", "11.5",
+    assert argv == ["orchesjob", "cancel", "--run-key", "k", "--grace-seconds", "1.5", "--wait", "11.5",
                     "--reason", "why [airflow try 2]"]  # fmt: skip
     with pytest.raises(ValueError):
         commands.job_stop("kill", "k")
@@ -79,6 +80,8 @@ def test_reserve_argv_carries_metadata_and_options():
     argv = commands.reserve("r", ["x"], not_before=5, metadata={"dag_id": "d"}, start_options=["--strict"])
     assert argv[:6] == ["orchesjob-reserver", "reserve", "--run-key", "r", "--not-before", "5"]
     assert '{"dag_id": "d"}' in argv and "--orchesjob-start-option=--strict" in argv
+    argv = commands.reserve("r", ["x"], env_file=True)
+    assert argv[argv.index("--env-file") + 1] == "-" and argv.index("--env-file") < argv.index("--")
 
 
 @pytest.mark.parametrize("word", NASTY)

@@ -157,6 +157,8 @@ def test_timeout_message_is_truthful():
     assert "still ABORTING" in msg and "stopped (" not in msg
     msg = timeout_message(what, {"job_id": "j", "status": "SUCCEEDED", "too_late": True}, None)
     assert "already finished SUCCEEDED" in msg
+    msg = timeout_message(what, {"job_id": "j", "status": "FAILED", "stop_too_late": True}, None)
+    assert "already finished FAILED" in msg
     for stop, error in [(None, "boom"), ({"status": "ABORTING"}, None), ({"status": "FAILED", "too_late": True}, None)]:
         assert "aborted" not in timeout_message(what, stop, error).lower()
 
