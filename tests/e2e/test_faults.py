@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 from airflow_provider_orchesjob.hooks import OrchesJobHook
 from airflow_provider_orchesjob.triggers import OrchesJobTrigger
@@ -77,9 +78,15 @@ def test_failed_remote_job_fails_task_with_stderr_tail(e2e_conn, capfd, caplog):
 def test_killing_a_deferred_task_aborts_the_remote_job(e2e_conn, ssh_server, edge_home):
     hook = OrchesJobHook(CONN_ID)
     job = hook.start_job(f"kill-{uuid.uuid4().hex[:8]}", ["sleep", "60"])
-    trigger = OrchesJobTrigger(
+
+    class MarkedFailed(OrchesJobTrigger):
+        async def current_task_state(self):
+            return "failed"  # what the API server answers after a user marked the task failed
+
+    trigger = MarkedFailed(
         ssh_conn_id=CONN_ID, run_key=job["run_key"], job_id=job["job_id"], poll_interval=0.2, kill_grace=1
     )
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
     # What the triggerer does when a user marks the deferred task failed (Airflow 3.3):
     # cancel the trigger's run() and call on_kill().
 
@@ -91,6 +98,11 @@ def test_killing_a_deferred_task_aborts_the_remote_job(e2e_conn, ssh_server, edg
 
     asyncio.run(scenario())
     final = hook.job_status(job_id=job["job_id"])
+    for _ in range(50):  # the host finishes the stop on its own (the kill does not wait for it)
+        if final["status"] != "ABORTING":
+            break
+        time.sleep(0.2)
+        final = hook.job_status(job_id=job["job_id"])
     assert final["status"] == "ABORTED" and "killed by a user" in final["abort_reason"]
 
 
@@ -146,3 +158,66 @@ def test_reservation_retry_after_failed_dispatch_starts_next_attempt(e2e_conn, d
     history = json.loads(ssh_server.ssh(f"ORCHESJOB_HOME={edge_home} ~/.local/bin/orchesjob status --run-key "
                                         f"{run_key} --all").stdout)  # fmt: skip
     assert [j["status"] for j in history] == ["SUCCEEDED", "FAILED"]
+
+
+# A job that needs 2 s to exit after SIGTERM and records its starts and ends on the host.
+def _slow_to_stop(mark: str) -> str:
+    return (f"echo start >> {mark}; trap 'sleep 2; echo end-term >> {mark}; exit 1' TERM; "
+            f"sleep 3 & wait; echo end >> {mark}")  # fmt: skip
+
+
+def test_a_try_never_reattaches_to_a_job_being_stopped(e2e_conn, ssh_server, edge_home):
+    mark, run_key = f"{edge_home}/stopping", f"stopping-{uuid.uuid4().hex[:8]}"
+    hook = OrchesJobHook(CONN_ID)
+    first = hook.start_job(run_key, _slow_to_stop(mark))
+    time.sleep(0.5)
+    assert hook.stop_job("abort", job_id=first["job_id"], grace=10, wait=0.2)["status"] == "ABORTING"
+    dr = run_job_dag(_slow_to_stop(mark), run_key)  # the next try arrives while the stop is under way
+    assert dr.state == "success"
+    # The first attempt ended (its TERM trap ran) before the second started: never side by side.
+    assert host_lines(ssh_server, mark) == ["start", "end-term", "start", "end"]
+    assert dr.get_task_instance("job").xcom_pull(task_ids="job")["attempt_no"] == 2
+
+
+def test_a_try_that_reattached_starts_the_next_attempt_after_an_earlier_try_s_kill(e2e_conn, ssh_server, edge_home):
+    # The race of a cleared deferred task: the new try reattaches to the running job, then the old
+    # try's trigger (on_kill) stops that job. The new try waits for the stop and runs attempt 2.
+    from airflow_provider_orchesjob.utils.lifecycle import stop_reason
+
+    mark, run_key = f"{edge_home}/reattached", f"reattached-{uuid.uuid4().hex[:8]}"
+    hook = OrchesJobHook(CONN_ID)
+    first = hook.start_job(run_key, _slow_to_stop(mark))
+
+    def old_try_kills():
+        time.sleep(1.5)
+        OrchesJobHook(CONN_ID).stop_job("abort", job_id=first["job_id"], grace=10, wait=0.2,
+                                        reason=stop_reason("task killed by a user while deferred", 0))  # fmt: skip
+
+    t = threading.Thread(target=old_try_kills)
+    t.start()
+    dr = run_job_dag(_slow_to_stop(mark), run_key)
+    t.join()
+    assert dr.state == "success"
+    assert host_lines(ssh_server, mark) == ["start", "end-term", "start", "end"]
+    assert [j["status"] for j in json.loads(ssh_server.ssh(
+        f"ORCHESJOB_HOME={edge_home} ~/.local/bin/orchesjob status --run-key {run_key} --all").stdout)
+    ] == ["SUCCEEDED", "ABORTED"]  # fmt: skip
+
+
+def test_execution_timeout_of_a_deferred_task_stops_the_remote_job(e2e_conn, ssh_server, edge_home, capfd):
+    run_key = f"deadline-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    dr = load_dag("e2e_deadline").test(run_conf={"run_key": run_key})
+    assert dr.state == "failed" and time.monotonic() - t0 < 40
+    job = OrchesJobHook(CONN_ID).job_status(run_key)
+    assert job["status"] == "ABORTED" and "deadline reached" in job["abort_reason"]
+    out, err = capfd.readouterr()
+    assert f"remote job {job['job_id']} stopped (ABORTED)" in out + err
+
+
+def test_flow_polled_in_the_worker(e2e_conn):
+    run_key = f"fw-{uuid.uuid4().hex[:8]}"
+    dr = load_dag("e2e_flow_worker").test(run_conf={"run_key": run_key})
+    assert dr.state == "success"
+    flow = dr.get_task_instance("flow").xcom_pull(task_ids="flow")
+    assert flow["status"] == "SUCCEEDED" and [s["status"] for s in flow["steps"]] == ["SUCCEEDED"] * 2

@@ -109,3 +109,23 @@ with DAG(dag_id="e2e_reservation_retry", start_date=datetime(2026, 1, 1), schedu
         run_key="{{ dag_run.conf['run_key'] }}", wait_for_completion=True, ssh_conn_id=_CONN, poll_interval=0.3,
         retries=1, retry_delay=0,
     )  # fmt: skip
+
+# The task's execution_timeout while it is deferred: the trigger's own deadline stops the job.
+with DAG(dag_id="e2e_deadline", start_date=datetime(2026, 1, 1), schedule=None) as e2e_deadline:
+    from datetime import timedelta
+
+    OrchesJobStartOperator(
+        task_id="job", command="sleep 60", run_key="{{ dag_run.conf['run_key'] }}", ssh_conn_id=_CONN,
+        poll_interval=0.5, execution_timeout=timedelta(seconds=4), kill_grace=1,
+    )  # fmt: skip
+
+# A flow polled from the worker (deferrable=False).
+with DAG(dag_id="e2e_flow_worker", start_date=datetime(2026, 1, 1), schedule=None) as e2e_flow_worker:
+    OrchesJobFlowOperator(
+        task_id="flow",
+        flow={"flow_id": "worker", "steps": [
+            {"id": "A", "command": ["sh", "-c", "echo A; sleep 0.5"]},
+            {"id": "B", "when": "A", "command": ["sh", "-c", "echo B"]},
+        ]},
+        flow_run_key="{{ dag_run.conf['run_key'] }}", ssh_conn_id=_CONN, poll_interval=0.3, deferrable=False,
+    )  # fmt: skip
