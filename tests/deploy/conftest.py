@@ -1,0 +1,71 @@
+"""The deployment fixture: one real Airflow deployment (tests/deploy/deployment.py) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.conftest import require
+
+DEPLOY_TIMEOUT = 900  # per test, including the session fixture's start (about 2-3 min)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Run the deployment scenarios last: the deployment then never competes with the other tests for CPU,
+    # and it is torn down (session teardown) right after them.
+    deploy = [i for i in items if "tests/deploy/" in str(i.fspath).replace(os.sep, "/")]
+    for item in deploy:
+        item.add_marker(pytest.mark.deploy)
+        item.add_marker(pytest.mark.timeout(DEPLOY_TIMEOUT))
+    items[:] = [i for i in items if i not in deploy] + deploy
+
+
+@pytest.fixture(scope="session")
+def deployment(ssh_server):
+    """Postgres, Redis, scheduler, dag-processor, api-server, 2 triggerers, 2 Celery workers; the sshd as host."""
+    from tests.deploy.deployment import Deployment, missing_parts
+
+    missing = missing_parts()
+    require(not missing, ", ".join(missing))
+    workdir = tempfile.mkdtemp(prefix="orchesjob-deploy-")
+    dep = Deployment(workdir=workdir, ssh_server=ssh_server)
+    t0 = time.monotonic()
+    try:
+        dep.start()
+    except BaseException:
+        print(dep.diagnostics(), file=sys.stderr)
+        dep.stop()
+        raise
+    dep.timings["start total"] = time.monotonic() - t0
+    print(f"\ndeployment up in {dep.timings['start total']:.0f}s: {dep.timings} (logs: {workdir})", file=sys.stderr)
+    try:
+        yield dep
+    finally:
+        dep.stop()
+        if os.environ.get("ORCHESJOB_DEPLOY_KEEP_LOGS"):
+            print(f"deployment logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def dep(deployment, request):
+    """The deployment, checked alive before each scenario; its process logs are printed when a scenario fails."""
+    deployment.check_alive()
+    yield deployment
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(deployment.diagnostics(), file=sys.stderr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep
