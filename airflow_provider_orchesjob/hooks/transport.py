@@ -213,18 +213,19 @@ class SSHTransport:
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
         cfg = self.config
-        hook = SSHHook(
-            ssh_conn_id=cfg.conn_id,
-            remote_host=cfg.host,
-            port=cfg.port,
-            conn_timeout=int(cfg.conn_timeout),
-            no_host_key_check=cfg.no_host_key_check,
-        )
+        # Only constructor arguments every supported providers-ssh (>= 4.0.0) has; the
+        # host-key settings are set as attributes afterwards, which every version reads
+        # in get_conn(). Before 7.0 the SSHHook *default* is no_host_key_check=True and
+        # there is no constructor argument for it: we always set it from our config
+        # (False unless the connection says otherwise), so checks are never off by default.
+        hook = SSHHook(ssh_conn_id=cfg.conn_id, remote_host=cfg.host, port=cfg.port, conn_timeout=int(cfg.conn_timeout))
+        hook.no_host_key_check = cfg.no_host_key_check
+        hook.allow_host_key_change = False
         if not cfg.no_host_key_check:
             expected = _paramiko_host_key(cfg)
             if expected is not None:
                 hook.host_key = expected
-        hook.conn_retry_attempts = 1  # we retry ourselves, with jitter and a budget
+        hook.conn_retry_attempts = 1  # we retry ourselves, with jitter and a budget (read from 6.0 on)
         try:
             return hook.get_conn()
         except paramiko.AuthenticationException as exc:
