@@ -23,8 +23,10 @@ with DAG(
     OrchesJobStartOperator(
         task_id="nightly_import",
         # A string runs under /bin/sh -c; a list is passed as argv.
-        command="echo importing {{ ds }}; for i in 1 2 3; do echo batch $i; sleep 0.2; done; echo done",
-        env={"IMPORT_MODE": "full"},
+        # The run's date, also for Airflow 3 runs without a logical date (triggered from the API/UI).
+        command="echo importing {{ (dag_run.logical_date or dag_run.run_after) | ds }}; "
+        "for i in 1 2 3; do echo batch $i; sleep 0.2; done; echo done",
+        env={"IMPORT_MODE": "full"},  # sent on stdin, never on a command line; masked in the task log
         timeout=600,  # host-side limit, enforced on the host even if Airflow is gone
         retries=2,  # retries reattach / adopt / start a new attempt, never a duplicate
         retry_delay=timedelta(seconds=30),
