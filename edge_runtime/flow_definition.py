@@ -173,6 +173,8 @@ def parse_text(text: str, name: str = "<flow>") -> Any:
     if name.endswith(".json") or (name == "<stdin>" and text.lstrip().startswith("{")):
         try:
             return json.loads(text)
+        except RecursionError:
+            raise FlowValidationError(f"invalid JSON in {name}: nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise FlowValidationError(
                 f"invalid JSON in {name}: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -183,6 +185,8 @@ def parse_text(text: str, name: str = "<flow>") -> Any:
 
     try:
         return yaml.safe_load(quote_when_values(text))
+    except RecursionError:
+        raise FlowValidationError(f"invalid YAML in {name}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

@@ -49,6 +49,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # `--opt=--` reaches argparse as the value "--", which it drops, leaving a list where a
+        # string is expected: refuse it like a missing value.
+        if action.nargs is None and arg_strings == ["--"] and action.option_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument, got '--'")
+        return super()._get_values(action, arg_strings)
+
 
 def emit(obj: Any) -> None:
     """Print one JSON document on stdout.
