@@ -56,11 +56,20 @@ def deployment(ssh_server):
 @pytest.fixture
 def dep(deployment, request):
     """The deployment, checked alive before each scenario; its process logs are printed when a scenario fails."""
+    from tests.deploy.deployment import record
+
     deployment.check_alive()
+    deployment.notes = []
+    t0 = time.monotonic()
     yield deployment
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
         print(deployment.diagnostics(), file=sys.stderr)
+    outcome = "error" if rep is None else rep.outcome
+    if rep is not None and hasattr(rep, "wasxfail"):
+        outcome = "xpass" if rep.passed else "xfail"
+    for note in deployment.notes:
+        record(**note, result=outcome, duration=time.monotonic() - t0)
 
 
 @pytest.hookimpl(hookwrapper=True)

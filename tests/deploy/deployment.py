@@ -257,6 +257,7 @@ class Deployment:
     components: dict[str, Component] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     _token: str | None = None
+    notes: list[dict] = field(default_factory=list)  # measurements of the current scenario (conftest records them)
     _session: requests.Session = field(default_factory=requests.Session)
 
     # ------------------------------------------------------------------ setup
@@ -588,9 +589,48 @@ class Deployment:
         out = subprocess.run(["pgrep", "-u", self.ssh_server.user, "-f", pattern], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
 
+    def note(self, scenario: str, executor: str, executions: Any, time_to_stop: float | None = None) -> None:
+        self.notes.append({"scenario": scenario, "executor": executor, "executions": executions,
+                           "time_to_stop": time_to_stop})  # fmt: skip
+
     def diagnostics(self) -> str:
         parts = []
         for c in self.components.values():
             parts.append(f"----- {c.name} (pid {c.proc.pid if c.proc else '-'}, log {c.log_path}) -----")
             parts.append(c.log()[-3000:])
         return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ scenario helpers
+def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """The provider's run key of a task instance (a pure function of its identity)."""
+    from airflow_provider_orchesjob.utils.run_key import run_key_for
+
+    return run_key_for(dag_id, task_id, run_id, map_index)
+
+
+def job_tree_alive(job: dict) -> list[int]:
+    """Pids of a host job's recorded supervisor and command that are still alive (same machine as the sshd)."""
+    return [p for p in {job.get("worker_pid"), job.get("target_pid"), job.get("pid")} if p and alive(int(p))]
+
+
+def record(scenario: str, executor: str, executions: Any, time_to_stop: float | None, result: str,
+           duration: float) -> None:  # fmt: skip
+    """One row of docs/DEPLOYMENT_TESTS.md's results table (to ORCHESJOB_DEPLOY_RESULTS, and stderr)."""
+    from importlib import metadata
+
+    row = {
+        "scenario": scenario,
+        "airflow": metadata.version("apache-airflow"),
+        "executor": executor,
+        "executions_on_host": executions,
+        "time_to_stop_s": None if time_to_stop is None else round(time_to_stop, 1),
+        "result": result,
+        "test_duration_s": round(duration),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(f"\nDEPLOY-RESULT {json.dumps(row)}", file=sys.stderr)
+    path = os.environ.get("ORCHESJOB_DEPLOY_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
