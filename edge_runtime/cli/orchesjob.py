@@ -160,11 +160,13 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "clean",
         help="delete terminal jobs and their logs",
-        usage="orchesjob clean (--before DATETIME | --after DATETIME | --all | --job-id ID) "
-        "[--run-key KEY] [--dry-run] [--forget-keys]",
+        usage="orchesjob clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
+        "--job-id ID) [--run-key KEY] [--dry-run] [--forget-keys]",
         description="Delete terminal jobs (by finish time) with their log files; active jobs are never "
         "deleted. DATETIME is epoch seconds or ISO 8601 (no offset = local time). A cleaned run key "
-        "stays consumed for --strict/failed-only starts unless --forget-keys is given.",
+        "stays consumed for --strict/failed-only starts unless --forget-keys is given. Rows are deleted in "
+        "batches of 200, one short write transaction each. For retention, run `clean --older-than 30d` "
+        "from a timer (docs/orchesjob.md).",
     )
     add_clean_options(
         p,
