@@ -22,11 +22,26 @@ import sqlite3
 import sys
 import time
 
-from . import lifecycle, process
+from . import claim, lifecycle, process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
-from .home import jobs_db_path, jobs_home, log_files, logs_dir
-from .schema import ACTIVE_JOB_STATUSES, JOBS_MIGRATIONS, TERMINAL_JOB_STATUSES
-from .store import CLEAN_BATCH, Store, clean_selection, new_id, validate_run_key
+from .home import jobs_db_path, jobs_home, logs_dir
+from .jobview import (
+    DEFAULT_CHUNK_BYTES,
+    POLL_SELECTORS,
+    add_log_chunks,
+    failed_lookup,
+    job_json,
+    start_reply,
+)
+from .schema import (
+    ACTIVE_JOB_STATUSES,
+    JOBS_MIGRATIONS,
+    REUSE_ALWAYS,
+    REUSE_NEVER,
+    REUSE_POLICIES,
+    TERMINAL_JOB_STATUSES,
+)
+from .store import CLEAN_BATCH, Store, clean_selection, validate_run_key
 from .timefmt import now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -35,16 +50,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-# Reuse policies: what a new ``start`` does when the run key already has a
-# finished attempt. An active attempt (also one being stopped) is always
-# returned, never duplicated; one that provably NEVER_LAUNCHED never blocks.
-REUSE_ALWAYS = "always"  # default: start a new attempt (spec behaviour)
-REUSE_FAILED_ONLY = "failed-only"  # new attempt after FAILED/ABORTED/CANCELLED; LOST only with retry_lost
-REUSE_NEVER = "never"  # --strict: one execution per run key, ever
-REUSE_POLICIES = (REUSE_ALWAYS, REUSE_FAILED_ONLY, REUSE_NEVER)
-
-DEFAULT_CHUNK_BYTES = 64 * 1024
-MAX_CHUNK_BYTES = 4 * 1024 * 1024
 # How long abort/cancel wait for the stop to complete beyond the grace period.
 STOP_WAIT_MARGIN = 10.0
 
@@ -54,153 +59,6 @@ def validate_job_id(job_id: str) -> str:
     if not job_id or any(c in job_id for c in "/\\\x00") or job_id in (".", "..") or len(job_id) > 128:
         raise UsageError(f"invalid job id {job_id!r}", job_id=job_id)
     return job_id
-
-
-def job_json(row: sqlite3.Row) -> dict[str, Any]:
-    """The job object printed by every command (spec field names first)."""
-    target = row["target_pid"]
-    out: dict[str, Any] = {
-        "job_id": row["job_id"],
-        "run_key": row["run_key"],
-        "command": json.loads(row["command"]),
-        "pid": target if target is not None else row["worker_pid"],
-        "pid_kind": "target" if target is not None else ("worker" if row["worker_pid"] is not None else None),
-        "worker_pid": row["worker_pid"],
-        "target_pid": target,
-        "status": row["status"],
-        "exit_code": row["exit_code"],
-        "error": row["error"],
-        "stdout_file": row["stdout_file"],
-        "stderr_file": row["stderr_file"],
-        "attempt_no": row["attempt_no"],
-        "reuse_policy": row["reuse_policy"],
-        "strict": row["reuse_policy"] == REUSE_NEVER,
-        "strict_override_used": bool(row["strict_override_used"]),
-        "rerun_of_job_id": row["rerun_of_job_id"],
-        "rerun_reason": row["rerun_reason"],
-        "abort_reason": row["abort_reason"],
-        "cwd": row["cwd"],
-        "env_keys": sorted(json.loads(row["env"])) if row["env"] else [],
-        "timeout": row["timeout"],
-        # A stop was requested but the command had already finished on its own: its outcome stands.
-        "stop_too_late": row["stop_requested_at"] is not None and row["status"] in ("SUCCEEDED", "FAILED"),
-    }
-    for name in ("started_at", "finished_at", "updated_at", "aborted_at", "stop_requested_at"):
-        with_iso(out, name, row[name])
-    return out
-
-
-def _start_reply(job: dict[str, Any], *, accepted: bool, sync: bool, strict: bool) -> dict[str, Any]:
-    """The job JSON led by the spec's start fields (accepted, existing, mode, ...).
-
-    ``strict`` reflects the call, as in the public release: a strict start that
-    returns an older non-strict attempt still says ``strict: true``.
-    """
-    out: dict[str, Any] = {
-        "accepted": accepted,
-        "existing": not accepted,
-        "mode": "sync" if sync else "async",
-        "strict": strict,
-        "strict_override_used": job.get("strict_override_used", False),
-    }
-    out.update((k, v) for k, v in job.items() if k != "strict")
-    return out
-
-
-def tombstone_json(rk: sqlite3.Row) -> dict[str, Any]:
-    """What is left of a run key whose job rows were removed by ``clean``."""
-    out: dict[str, Any] = {
-        "job_id": rk["last_job_id"],
-        "run_key": rk["run_key"],
-        "status": rk["last_status"],
-        "exit_code": rk["last_exit_code"],
-        "attempt_no": rk["attempts"],
-        "purged": True,
-    }
-    with_iso(out, "finished_at", rk["last_finished_at"])
-    return out
-
-
-def read_chunk(path: str, offset: int, max_bytes: int) -> dict[str, Any]:
-    """The next chunk of a log file from a byte ``offset``.
-
-    ``next_offset`` is where the caller continues. The chunk never ends inside
-    a UTF-8 sequence unless it cannot be decoded anyway; text that is valid
-    UTF-8 is returned as ``encoding: utf-8``, anything else as base64, so
-    arbitrary bytes survive JSON unchanged.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(offset)
-            data = f.read(max_bytes)
-    except FileNotFoundError:
-        size, data = 0, b""
-    # Do not cut a multi-byte UTF-8 character in two: back off to its start.
-    if len(data) == max_bytes:
-        for back in range(1, 4):
-            if len(data) > back and (data[-back] & 0xC0) == 0xC0:
-                need = 2 if data[-back] < 0xE0 else 3 if data[-back] < 0xF0 else 4
-                if need > back:
-                    data = data[:-back]
-                break
-            if (data[-back] & 0xC0) != 0x80:
-                break
-    chunk: dict[str, Any] = {"offset": offset, "next_offset": offset + len(data), "size": size}
-    try:
-        chunk["encoding"], chunk["data"] = "utf-8", data.decode("utf-8")
-    except UnicodeDecodeError:
-        import base64
-
-        chunk["encoding"], chunk["data"] = "base64", base64.b64encode(data).decode("ascii")
-    return chunk
-
-
-def add_log_chunks(
-    job: dict[str, Any],
-    stdout_offset: int | None = None,
-    stderr_offset: int | None = None,
-    max_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> dict[str, Any]:
-    """Attach ``stdout_chunk``/``stderr_chunk`` for the offsets given (a poller's one call per poll)."""
-    if not 1 <= max_bytes <= MAX_CHUNK_BYTES:
-        raise UsageError(f"max_bytes must be between 1 and {MAX_CHUNK_BYTES}")
-    for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):
-        if offset is None:
-            continue
-        if not 0 <= offset < 1 << 62:  # also keeps seek() within a file offset
-            raise UsageError(f"{stream} offset must be between 0 and 2**62")
-        job[stream + "_chunk"] = read_chunk(job[stream + "_file"], offset, max_bytes)
-    return job
-
-
-def failed_lookup(selector: dict[str, Any], exc: OrchesError) -> dict[str, Any]:
-    """The entry of a multi-job status for a lookup that failed: callers test ``status is None``."""
-    return {**selector, "status": None, "error": exc.message, "error_type": exc.kind}
-
-
-POLL_SELECTORS = ("run_key", "job_id")
-POLL_FIELDS = (*POLL_SELECTORS, "stdout_offset", "stderr_offset", "max_bytes")
-
-
-def parse_poll_requests(data: Any) -> list[dict[str, Any]]:
-    """Validate `status --batch` input: a JSON array of {run_key|job_id, stdout_offset, stderr_offset, max_bytes}."""
-    if not isinstance(data, list):
-        raise UsageError("--batch expects a JSON array of objects")
-    for i, req in enumerate(data):
-        if not isinstance(req, dict):
-            raise UsageError(f"--batch entry {i} is not an object")
-        unknown = sorted(set(req) - set(POLL_FIELDS))
-        if unknown:
-            raise UsageError(f"--batch entry {i}: unknown field(s) {unknown}; allowed: {list(POLL_FIELDS)}")
-        selectors = [k for k in POLL_SELECTORS if req.get(k) is not None]
-        if len(selectors) != 1 or not isinstance(req[selectors[0]], str):
-            raise UsageError(f"--batch entry {i}: give exactly one of run_key or job_id, as a string")
-        for field in POLL_FIELDS[2:]:
-            value = req.get(field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UsageError(f"--batch entry {i}: {field} must be an integer")
-    return data
 
 
 class Jobs:
@@ -287,21 +145,22 @@ class Jobs:
                     )
                 first = lifecycle.settle_locked(db, same_request["job_id"])
                 if first["status"] != lifecycle.NEVER_LAUNCHED:
-                    return _start_reply(job_json(first), accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                    return start_reply(job_json(first), accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
                 # The first copy's job never ran: this request is still unserved. Free its id.
                 db.execute(
                     "UPDATE jobs SET request_id = request_id || ' (never launched: ' || job_id || ')' WHERE job_id=?",
                     (first["job_id"],),
                 )
-            existing, override = self._claim_decision(db, run_key, reuse_policy, retry_lost)
+            existing, override = claim.decide(db, run_key, reuse_policy, retry_lost)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
-                return _start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                return start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
             previous = db.execute(
                 "SELECT job_id FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
             ).fetchone()
-            job_id = self._insert_job(
+            job_id = claim.insert_job(
                 db,
+                self.logs_dir,
                 run_key=run_key,
                 rerun_of=previous["job_id"] if previous else None,
                 rerun_reason=override or None,
@@ -315,101 +174,6 @@ class Jobs:
                 request_id=request_id,
             )
         return self._launch(job_id, sync=sync, start_timeout=start_timeout)
-
-    def _claim_decision(
-        self, db: sqlite3.Connection, run_key: str, policy: str, retry_lost: bool = False
-    ) -> tuple[sqlite3.Row | dict | None, str | None]:
-        """Inside the write lock: (attempt to return instead, or None; unlock reason used)."""
-        latest = db.execute(
-            "SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
-        ).fetchone()
-        if latest is not None and latest["status"] in ACTIVE_JOB_STATUSES:
-            latest = lifecycle.settle_locked(db, latest["job_id"])
-            if latest["status"] in ACTIVE_JOB_STATUSES:
-                return latest, None  # running, or being stopped: never a second copy beside it
-        rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
-        if rk is None or rk["attempts"] == 0 or policy == REUSE_ALWAYS:
-            return None, None
-        # The newest attempt decides. If `clean` removed it (older rows may remain),
-        # its outcome lives on in the run key's tombstone.
-        newest_kept = latest is not None and latest["attempt_no"] >= rk["attempts"]
-        previous: sqlite3.Row | dict = latest if newest_kept else tombstone_json(rk)
-        if previous["status"] == lifecycle.NEVER_LAUNCHED:
-            return None, None  # nothing ran: not an execution under any policy
-        if policy == REUSE_FAILED_ONLY and previous["status"] not in ("SUCCEEDED", "LOST"):
-            return None, None
-        if policy == REUSE_FAILED_ONLY and previous["status"] == "LOST" and retry_lost:
-            return None, None
-        t = now()
-        if rk["unlock_at"] is not None and (rk["unlock_expires_at"] is None or rk["unlock_expires_at"] > t):
-            # A one-time override: consumed by this very claim.
-            db.execute(
-                "UPDATE run_keys SET unlock_at=NULL, unlock_expires_at=NULL, unlock_reason=NULL, "
-                "updated_at=? WHERE run_key=?",
-                (t, run_key),
-            )
-            return None, rk["unlock_reason"] or ""
-        return previous, None
-
-    def _insert_job(
-        self,
-        db: sqlite3.Connection,
-        *,
-        run_key: str,
-        command: list[str],
-        cwd: str | None,
-        env: dict[str, str] | None,
-        timeout: float | None,
-        mode: str,
-        reuse_policy: str,
-        override: str | None = None,
-        rerun_of: str | None = None,
-        rerun_reason: str | None = None,
-        request_id: str | None = None,
-    ) -> str:
-        t = now()
-        db.execute(
-            "INSERT INTO run_keys (run_key, attempts, created_at, updated_at) VALUES (?, 1, ?, ?) "
-            "ON CONFLICT (run_key) DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at",
-            (run_key, t, t),
-        )
-        attempt = db.execute("SELECT attempts FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()[0]
-        job_id = new_id()
-        claimer_pid, claimer_start = process.identity()
-        try:
-            db.execute(
-                "INSERT INTO jobs (job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, "
-                "reuse_policy, strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, "
-                "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at, request_id) "
-                "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    run_key,
-                    attempt,
-                    json.dumps(command),
-                    cwd,
-                    json.dumps(env) if env else None,
-                    timeout,
-                    mode,
-                    reuse_policy,
-                    int(override is not None),
-                    override or None,
-                    process.boot_id(),
-                    claimer_pid,
-                    claimer_start,
-                    *log_files(self.logs_dir, job_id),
-                    rerun_of,
-                    rerun_reason,
-                    t,
-                    t,
-                    request_id,
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
-            # Only reachable if the decision logic were wrong: the schema refuses
-            # a second active execution for the key.
-            raise InvalidState(f"run key {run_key} already has an active job ({exc})", run_key=run_key) from None
-        return job_id
 
     def _launch(self, job_id: str, *, sync: bool, start_timeout: float) -> dict[str, Any]:
         """Spawn the supervisor and wait as the mode asks; return the job JSON."""
@@ -436,7 +200,7 @@ class Jobs:
         if sync:
             self.wait(job_id)
         job = job_json(self._judge(self._by_id(job_id)))
-        return _start_reply(job, accepted=True, sync=sync, strict=job["strict"])
+        return start_reply(job, accepted=True, sync=sync, strict=job["strict"])
 
     def _abandon_unsupervised(self, job_id: str, reason: str) -> None:
         with self.store.write() as db:
@@ -695,8 +459,9 @@ class Jobs:
                 status=source["status"],
             )
         with self.store.write() as db:
-            new_id = self._insert_job(
+            new_id = claim.insert_job(
                 db,
+                self.logs_dir,
                 run_key=source["run_key"],
                 command=json.loads(source["command"]),
                 cwd=source["cwd"],

@@ -20,6 +20,14 @@ The exactly-once invariants live here as constraints, not only in code:
 ACTIVE_JOB_STATUSES = ("STARTING", "RUNNING", "ABORTING", "CANCELLING")
 TERMINAL_JOB_STATUSES = ("SUCCEEDED", "FAILED", "ABORTED", "CANCELLED", "LOST", "NEVER_LAUNCHED")
 
+# Reuse policies: what a new ``start`` does when the run key already has a
+# finished attempt. An active attempt (also one being stopped) is always
+# returned, never duplicated; one that provably NEVER_LAUNCHED never blocks.
+REUSE_ALWAYS = "always"  # default: start a new attempt (spec behaviour)
+REUSE_FAILED_ONLY = "failed-only"  # new attempt after FAILED/ABORTED/CANCELLED; LOST only with retry_lost
+REUSE_NEVER = "never"  # --strict: one execution per run key, ever
+REUSE_POLICIES = (REUSE_ALWAYS, REUSE_FAILED_ONLY, REUSE_NEVER)
+
 JOBS_MIGRATIONS = (
     """
     CREATE TABLE run_keys (

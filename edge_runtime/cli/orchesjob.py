@@ -285,7 +285,7 @@ def _status(jobs, args) -> int:
     if args.batch is not None:
         if keys or ids or args.running or args.all or chunks:
             raise UsageError("--batch cannot be combined with other selectors or offsets")
-        from ..jobs import parse_poll_requests
+        from ..jobview import parse_poll_requests
 
         emit(jobs.poll_many(parse_poll_requests(read_json_input(args.batch, "--batch"))))
         return 0
@@ -308,7 +308,7 @@ def _status(jobs, args) -> int:
         return 0
     job = jobs.status(keys[0] if keys else None, ids[0] if ids else None)
     if chunks:
-        from ..jobs import add_log_chunks
+        from ..jobview import add_log_chunks
 
         add_log_chunks(job, args.stdout_offset, args.stderr_offset, args.max_bytes)
     emit(job)
