@@ -10,7 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
-from airflow.exceptions import AirflowException, AirflowTaskTimeout
+from airflow.exceptions import AirflowException
+
+try:  # Airflow 3.3 moved it to the SDK (the old name warns)
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+except ImportError:  # Airflow 2.11 - 3.2
+    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef]
 
 try:  # Airflow 3: the Task SDK
     from airflow.sdk import BaseHook, BaseOperator, BaseSensorOperator

@@ -1,5 +1,8 @@
 """One remote ``orchesjob status`` per host per poll tick, however many triggers poll it.
 
+(Reservation and flow polls, whose CLIs have no batch status, share one SSH
+session per tick instead: :class:`CommandBatcher`.)
+
 Every deferred task has its own trigger, and each poll of each trigger would be
 one ``orchesjob status`` process on the host (~30 ms of CPU). Triggers in one
 triggerer event loop that poll the same host with the same edge settings hand
@@ -16,10 +19,12 @@ import asyncio
 import copy
 import json
 import time
+import uuid
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
-from ..exceptions import OrchesJobCommandError
+from ..exceptions import OrchesJobCommandError, OrchesJobConnectionError
 from . import commands
 
 WINDOW = 0.05  # seconds a poll waits for others to join its batch
@@ -152,4 +157,99 @@ def status_batcher(hook: Any) -> StatusBatcher:
     batcher = per_loop.get(key)
     if batcher is None:
         batcher = per_loop[key] = StatusBatcher(hook)
+    return batcher
+
+
+MAX_SCRIPT_COMMANDS = 20  # commands per shared session: they run one after another on the host
+
+
+class CommandBatcher:
+    """Runs the read-only CLI calls that arrive within ``WINDOW`` for one host in one SSH session.
+
+    ``orchesjob-reserver status`` and ``orchesjob-flow status`` take one run key
+    each and have no batch form, so N pollers still cost N processes on the host;
+    what they share is the SSH session (one channel, one shell) per tick, and an
+    identical call made by several pollers runs once. Only for commands that are
+    safe to resend (reads).
+    """
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self._pending: list[tuple[tuple[str, ...], Sequence[int], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.sessions_used = 0
+        self.commands_run = 0
+        self.calls_served = 0
+
+    async def call(self, argv: Sequence[str], ok_codes: Sequence[int] = (0,)) -> Any:
+        """The parsed JSON of ``argv``, or the named exception it raised (a copy per caller)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._pending.append((tuple(argv), tuple(ok_codes), future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_after_window())
+        return await future
+
+    async def _flush_after_window(self) -> None:
+        await asyncio.sleep(WINDOW)
+        pending, self._pending, self._flusher = self._pending, [], None
+        by_call: dict[tuple, list[asyncio.Future]] = {}
+        for argv, ok_codes, future in pending:
+            if not future.done():
+                by_call.setdefault((argv, ok_codes), []).append(future)
+        calls = list(by_call.items())
+        groups = [calls[i : i + MAX_SCRIPT_COMMANDS] for i in range(0, len(calls), MAX_SCRIPT_COMMANDS)]
+        await asyncio.gather(*(self._send(group) for group in groups))
+
+    async def _send(self, group: list[tuple[tuple, list[asyncio.Future]]]) -> None:
+        from .orchesjob import check_result
+        from .transport import CommandResult
+
+        self.sessions_used += 1
+        marker = "OJB" + uuid.uuid4().hex
+        try:
+            lines = [self.hook.command_line(argv) for (argv, _), _ in group]
+            result = await self.hook.arun_script(commands.batch_script(lines, marker))
+            parts = commands.split_batch_output(result.stdout, result.stderr, marker, len(group))
+        except BaseException as exc:
+            for _, futures in group:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(_copy(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commands_run += len(group)
+        for ((argv, ok_codes), futures), part in zip(group, parts, strict=True):
+            try:
+                if part is None:
+                    raise OrchesJobConnectionError(f"the shared session ended before {argv[0]} {argv[1]} finished",
+                                                   sent=True)  # fmt: skip
+                code, out, err = part
+                value: Any = check_result(argv, CommandResult(code, out, err), self.hook.host_label(), ok_codes)
+                error: BaseException | None = None
+            except Exception as exc:  # noqa: BLE001 - handed to the callers
+                value, error = None, exc
+            for future in futures:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(_copy(error))
+                else:
+                    self.calls_served += 1
+                    future.set_result(copy.deepcopy(value) if len(futures) > 1 else value)
+
+
+_COMMAND_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, CommandBatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def command_batcher(hook: Any) -> CommandBatcher:
+    """The command batcher of this event loop for the hook's host and edge settings."""
+    per_loop = _COMMAND_BATCHERS.setdefault(asyncio.get_running_loop(), {})
+    key = hook.target_key()
+    batcher = per_loop.get(key)
+    if batcher is None:
+        batcher = per_loop[key] = CommandBatcher(hook)
     return batcher

@@ -293,3 +293,56 @@ def remote_command_line(
     words = [shlex.quote(_check_text(program, "program"))]
     words += [shlex.quote(_check_text(str(a), "argument")) for a in argv[1:]]
     return " ".join(parts + ["exec", *words])
+
+
+# ------------------------------------------------------- several commands, one session
+_MARKER = re.compile(r"[A-Za-z0-9_]{12,64}")
+
+
+def batch_script(lines: Sequence[str], marker: str) -> str:
+    """One POSIX shell script that runs command lines one after another in one SSH session.
+
+    Each line (from :func:`remote_command_line`) runs in its own subshell with
+    stdin from /dev/null; after line ``i`` the script prints ``\\n<marker> i <exit
+    status>\\n`` on stdout and ``\\n<marker> i\\n`` on stderr, so
+    :func:`split_batch_output` can hand every command its own output and exit
+    status. ``marker`` is a fresh random word per script, so no command's output
+    can forge a frame.
+    """
+    if not _MARKER.fullmatch(marker):
+        raise ValueError(f"marker must be 12-64 letters, digits or _: {marker!r}")
+    parts = []
+    for i, line in enumerate(lines):
+        parts.append(
+            f"( {_check_text(line, 'command line')} ) </dev/null; "
+            f"printf '\\n%s %d %d\\n' {marker} {i} $?; printf '\\n%s %d\\n' {marker} {i} >&2"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def split_batch_output(stdout: bytes, stderr: bytes, marker: str, count: int) -> list[tuple[int, bytes, bytes] | None]:
+    """Per command of a :func:`batch_script`: ``(exit status, stdout, stderr)``, or None when its frame is
+    missing (the session ended before that command finished)."""
+    out: list[tuple[int, bytes, bytes] | None] = []
+    frame_out = re.compile(rb"\n" + marker.encode() + rb" (\d+) (\d+)\n")
+    frame_err = re.compile(rb"\n" + marker.encode() + rb" (\d+)\n")
+    outs = _frames(stdout, frame_out)
+    errs = _frames(stderr, frame_err)
+    for i in range(count):
+        if i not in outs:
+            out.append(None)
+            continue
+        code, data = outs[i]
+        out.append((code, data, errs.get(i, (0, b""))[1]))
+    return out
+
+
+def _frames(data: bytes, frame: re.Pattern) -> dict[int, tuple[int, bytes]]:
+    found: dict[int, tuple[int, bytes]] = {}
+    start = 0
+    for match in frame.finditer(data):
+        index = int(match.group(1))
+        code = int(match.group(2)) if match.re.groups > 1 else 0
+        found[index] = (code, data[start : match.start()])
+        start = match.end()
+    return found

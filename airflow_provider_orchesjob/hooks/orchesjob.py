@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import __version__
-from ..compat import BaseHook
+from ..compat import BaseHook, run_sync
 from ..exceptions import (
     OrchesJobCommandError,
     OrchesJobConnectionError,
@@ -323,6 +323,24 @@ class OrchesJobHook(BaseHook):
             except OrchesJobError as exc:
                 await asyncio.sleep(self._transient_delay(exc, delays))
 
+    def command_line(self, argv: Sequence[str]) -> str:
+        """The shell command line that runs ``argv`` on this hook's host (SSH transports)."""
+        return self.ssh_config().edge.command_line(argv)
+
+    def host_label(self) -> str:
+        return self._where()
+
+    async def arun_script(self, script: str, *, timeout: float | None = 300) -> CommandResult:
+        """Run a read-only shell script (e.g. :func:`commands.batch_script`) in one session, resending it
+        after connection failures within the budget. Its exit status and output are the caller's to judge."""
+        transport = self.get_async_conn()
+        delays = backoff_delays(budget=self.connect_budget)
+        while True:
+            try:
+                return await transport.arun_line(script, timeout=timeout)
+            except OrchesJobConnectionError as exc:
+                await asyncio.sleep(self._retry_delay(exc, ["sh", "batch"], True, delays))
+
     def _checked_result(self, argv: Sequence[str], result: CommandResult, host: str, ok_codes: Sequence[int]) -> Any:
         out = check_result(argv, result, host, ok_codes)
         _RUNTIME_SEEN.add(self.target_key())
@@ -528,7 +546,7 @@ class OrchesJobHook(BaseHook):
             run_key, job_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset, max_bytes=max_bytes
         )
         if self.transport_kind != LOCAL and self._config is None:
-            await asyncio.to_thread(self.ssh_config)  # connection lookup is synchronous: off the event loop
+            await run_sync(self.ssh_config)  # connection lookup is synchronous: off the event loop
         entry = await status_batcher(self).poll(request)
         if entry.get("status") is None and entry.get("error_type"):
             cls = _ERROR_TYPES.get(entry["error_type"], OrchesJobCommandError)
@@ -662,6 +680,10 @@ class OrchesJobHook(BaseHook):
     ) -> dict:
         return await self.arun_cli(commands.reservation_status(run_key, reservation_id, include_job=include_job))
 
+    async def areservation_poll(self, run_key: str) -> dict:
+        """:meth:`areservation_status` for pollers: the polls of one host in a tick share one SSH session."""
+        return await self._apoll(commands.reservation_status(run_key))
+
     def reservation_result(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
         return self.run_cli(commands.reservation_result(run_key, reservation_id), ok_codes=(0, 1))
 
@@ -694,6 +716,26 @@ class OrchesJobHook(BaseHook):
 
     async def aflow_status(self, run_key: str) -> dict:
         return await self.arun_cli(commands.flow_status(run_key))
+
+    async def aflow_poll(self, run_key: str) -> dict:
+        """:meth:`aflow_status` for pollers: the polls of one host in a tick share one SSH session."""
+        return await self._apoll(commands.flow_status(run_key))
+
+    async def _apoll(self, argv: list[str]) -> Any:
+        if self.transport_kind == LOCAL:
+            return await self.arun_cli(argv)
+        from .batching import command_batcher
+
+        if self._config is None:
+            await run_sync(self.ssh_config)
+        delays = backoff_delays(budget=self.connect_budget)
+        while True:
+            try:
+                return await command_batcher(self).call(argv)
+            except OrchesJobConnectionError as exc:
+                await asyncio.sleep(self._retry_delay(exc, argv, True, delays))
+            except OrchesJobError as exc:
+                await asyncio.sleep(self._transient_delay(exc, delays))
 
     def cancel_flow(self, run_key: str, *, grace: float | None = None) -> dict:
         return self.run_cli(commands.flow_cancel(run_key, grace=grace))

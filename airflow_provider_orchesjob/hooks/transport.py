@@ -409,11 +409,14 @@ class AsyncSSHTransport:
     async def arun(
         self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
+        return await self.arun_line(self.config.edge.command_line(argv), stdin=stdin, timeout=timeout)
+
+    async def arun_line(self, line: str, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        """Run one shell command line (built by :mod:`.commands`) in a session of the shared connection."""
         import asyncssh
 
         shared = shared_connection(self.config)
         conn = await shared.get()
-        line = self.config.edge.command_line(argv)
         async with shared.sessions:
             try:
                 # run() feeds ``input`` (if any) and then EOF, like the sync path.

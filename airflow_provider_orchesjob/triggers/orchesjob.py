@@ -360,7 +360,7 @@ class OrchesJobReservationTrigger(OrchesJobTrigger):
     async def poll(self, hook: Any) -> dict[str, Any] | None:
         if self.job_id is not None:
             return await super().poll(hook)
-        res = (await hook.areservation_status(self.reservation_run_key))["reservation"]
+        res = (await hook.areservation_poll(self.reservation_run_key))["reservation"]
         status = res["reservation_status"]
         if status in PENDING_RESERVATION:
             return None
@@ -398,7 +398,7 @@ class OrchesJobFlowTrigger(_PollingTrigger):
         return {"flow_run_key": self.flow_run_key, "step_statuses": self.step_statuses}
 
     async def poll(self, hook: Any) -> dict[str, Any] | None:
-        flow = await hook.aflow_status(self.flow_run_key)
+        flow = await hook.aflow_poll(self.flow_run_key)
         log_step_transitions(self.log, self.step_statuses, flow)
         if flow["status"] in FLOW_ACTIVE:
             return None

@@ -191,3 +191,33 @@ def test_status_request_is_one_lookup_with_integer_offsets():
         commands.status_request("k", "j")
     with pytest.raises(ValueError):
         commands.status_request()
+
+
+def test_batch_script_frames_each_command_through_a_real_shell():
+    marker = "OJB" + "0123456789abcdef"
+    lines = [
+        commands.remote_command_line(["printf", "%s", "no newline"], extra_path=""),
+        "echo out; echo err >&2; exit 3",
+        # A command that prints something looking like a frame of another marker, and reads stdin.
+        "echo 'OJBfake 0 0'; cat",
+    ]
+    script = commands.batch_script(lines, marker)
+    p = subprocess.run(["/bin/sh", "-c", script], input=b"must not be read", capture_output=True, timeout=30)
+    parts = commands.split_batch_output(p.stdout, p.stderr, marker, 3)
+    assert parts == [(0, b"no newline", b""), (3, b"out\n", b"err\n"), (0, b"OJBfake 0 0\n", b"")]
+
+
+def test_batch_output_cut_short_reports_the_missing_commands():
+    marker = "OJBabcdefabcdef"
+    script = commands.batch_script(["echo one", "echo two", "echo three"], marker)
+    p = subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30)
+    cut = p.stdout[: p.stdout.index(b"two")]  # the session ended while the second command ran
+    parts = commands.split_batch_output(cut, p.stderr, marker, 3)
+    assert parts[0] == (0, b"one\n", b"") and parts[1] is None and parts[2] is None
+
+
+def test_batch_script_needs_a_safe_marker():
+    with pytest.raises(ValueError):
+        commands.batch_script(["true"], "short")
+    with pytest.raises(ValueError):
+        commands.batch_script(["true"], "has space in it")

@@ -210,3 +210,33 @@ def test_the_deadline_reports_a_stop_that_failed(hook, conn_id, ssh_server):
     assert event["status"] == "timeout" and event["stop"] is None and event["stop_error"]
     assert "could NOT be stopped" in event["message"] and "aborted" not in event["message"].lower()
     hook.abort_job(job_id=job["job_id"], grace=1)
+
+
+def test_reservation_and_flow_polls_of_one_host_share_one_session(hook, conn_id, ssh_server):
+    from airflow_provider_orchesjob.hooks.batching import command_batcher
+
+    far = time.time() + 3600
+    keys = [f"pending-{i}" for i in range(6)]
+    for key in keys:
+        hook.reserve(key, ["true"], not_before=far)
+    hook.start_flow("flow-polled", {"flow_id": "f", "steps": [{"id": "A", "command": ["true"]}]})
+
+    async def scenario():
+        first = OrchesJobHook(conn_id)
+        await first.areservation_poll(keys[0])  # connect first: count only the polls' sessions
+        before = ssh_server.sessions()
+        hooks = [OrchesJobHook(conn_id) for _ in range(9)]
+        polls = [h.areservation_poll(k) for h, k in zip(hooks, keys + keys[:1], strict=False)]
+        polls += [hooks[7].aflow_poll("flow-polled"), hooks[8].areservation_poll("missing")]
+        results = await asyncio.gather(*polls, return_exceptions=True)
+        await asyncio.sleep(0.3)  # sshd logs sessions asynchronously
+        return results, ssh_server.sessions() - before, command_batcher(first)
+
+    results, sessions, batcher = asyncio.run(scenario())
+    assert [r["reservation"]["reservation_status"] for r in results[:7]] == ["RESERVED"] * 7
+    assert results[7]["run_key"] == "flow-polled"
+    assert "not found" in str(results[8]).lower() or "NotFound" in type(results[8]).__name__
+    assert sessions == 1, "nine polls, one SSH session"
+    assert batcher.commands_run == 1 + 8  # the first poll, then 9 polls: the two identical ones ran once
+    for key in keys:
+        hook.cancel_reservation(key)
