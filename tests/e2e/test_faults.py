@@ -221,3 +221,39 @@ def test_flow_polled_in_the_worker(e2e_conn):
     assert dr.state == "success"
     flow = dr.get_task_instance("flow").xcom_pull(task_ids="flow")
     assert flow["status"] == "SUCCEEDED" and [s["status"] for s in flow["steps"]] == ["SUCCEEDED"] * 2
+
+
+def _lost_job(ssh_server, run_key: str, command: str) -> dict:
+    """A job whose supervisor was SIGKILLed while the command ran: the outcome is unknown (LOST)."""
+    hook = OrchesJobHook(CONN_ID)
+    job = hook.start_job(run_key, command)
+    time.sleep(0.3)
+    assert ssh_server.ssh(f"kill -9 {job['worker_pid']}").returncode == 0
+    for _ in range(100):
+        job = hook.job_status(job_id=job["job_id"])
+        if job["status"] == "LOST":
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"never LOST: {job}")
+
+
+def test_a_lost_outcome_blocks_the_retry_with_a_clear_message(e2e_conn, ssh_server, edge_home, capfd, caplog):
+    mark, run_key = f"{edge_home}/lost", f"lost-{uuid.uuid4().hex[:8]}"
+    command = f"echo run >> {mark}; sleep 1"
+    lost = _lost_job(ssh_server, run_key, command)
+    assert run_job_dag(command, run_key).state == "failed"
+    out, err = capfd.readouterr()
+    assert f"remote job {lost['job_id']}" in out + err + caplog.text and "retry_lost=True" in out + err + caplog.text
+    assert host_lines(ssh_server, mark) == ["run"], "nothing ran again"
+    # retry_lost=True: the operator asks for a new attempt after the LOST one.
+    dr = load_dag("e2e_retry_lost").test(run_conf={"command": command, "run_key": run_key})
+    assert dr.state == "success" and host_lines(ssh_server, mark) == ["run", "run"]
+
+
+def test_on_success_found_rerun_runs_a_succeeded_run_key_again(e2e_conn, ssh_server, edge_home):
+    mark, run_key = f"{edge_home}/rerun", f"rerun-{uuid.uuid4().hex[:8]}"
+    command = f"echo run >> {mark}"
+    assert OrchesJobHook(CONN_ID).start_job(run_key, command, sync=True)["status"] == "SUCCEEDED"
+    dr = load_dag("e2e_rerun").test(run_conf={"command": command, "run_key": run_key})
+    assert dr.state == "success" and host_lines(ssh_server, mark) == ["run", "run"]
+    assert dr.get_task_instance("job").xcom_pull(task_ids="job")["attempt_no"] == 2

@@ -129,3 +129,12 @@ with DAG(dag_id="e2e_flow_worker", start_date=datetime(2026, 1, 1), schedule=Non
         ]},
         flow_run_key="{{ dag_run.conf['run_key'] }}", ssh_conn_id=_CONN, poll_interval=0.3, deferrable=False,
     )  # fmt: skip
+
+# The reuse rules the operators expose, each on a run key the test prepares.
+for _dag_id, _options in (("e2e_retry_lost", {"retry_lost": True}), ("e2e_rerun", {"on_success_found": "rerun"})):
+    with DAG(dag_id=_dag_id, start_date=datetime(2026, 1, 1), schedule=None) as _policy_dag:
+        OrchesJobStartOperator(
+            task_id="job", command="{{ dag_run.conf['command'] }}", run_key="{{ dag_run.conf['run_key'] }}",
+            ssh_conn_id=_CONN, poll_interval=0.5, **_options,
+        )  # fmt: skip
+    globals()[_dag_id] = _policy_dag
