@@ -156,6 +156,13 @@ def reinstall_hint() -> str:
     )
 
 
+def _stop_wait(wait: float | None, grace: float, lifecycle_v2: bool) -> float | None:
+    """``--wait`` for a stop: only runtimes with job-lifecycle-v2 know it (default: grace + margin)."""
+    if not lifecycle_v2:
+        return None
+    return grace + STOP_WAIT_MARGIN if wait is None else wait
+
+
 def _already_stopped(exc: OrchesJobError, status: str) -> tuple[str, bool]:
     """(job id, finished on its own) when ``exc`` says the job is already ``status`` or otherwise
     finished before the stop arrived; otherwise (e.g. another user's job: nothing was signalled)
@@ -580,8 +587,7 @@ class OrchesJobHook(BaseHook):
         wait: float | None = None,
     ) -> dict:
         """``abort`` or ``cancel`` a job; an already ABORTED/CANCELLED job is returned."""
-        if wait is None and LIFECYCLE_V2 in self.capabilities():
-            wait = grace + STOP_WAIT_MARGIN
+        wait = _stop_wait(wait, grace, LIFECYCLE_V2 in self.capabilities())
         argv = commands.job_stop(verb, run_key, job_id, reason=reason, grace=grace, wait=wait)
         try:
             return self.run_cli(argv, timeout=None if wait is None else wait + 60)
@@ -600,8 +606,7 @@ class OrchesJobHook(BaseHook):
         wait: float | None = None,
     ) -> dict:
         """Async twin of :meth:`stop_job`."""
-        if wait is None and LIFECYCLE_V2 in await self.acapabilities():
-            wait = grace + STOP_WAIT_MARGIN
+        wait = _stop_wait(wait, grace, LIFECYCLE_V2 in await self.acapabilities())
         argv = commands.job_stop(verb, run_key, job_id, reason=reason, grace=grace, wait=wait)
         try:
             return await self.arun_cli(argv, timeout=None if wait is None else wait + 60)

@@ -23,7 +23,7 @@ class _OrchesJobSensorBase(EdgeConnectionMixin, BaseSensorOperator):
         transport: str | None = None,
         deferrable: bool = False,
         success_states: Sequence[str] = ("SUCCEEDED",),
-        failure_states: Sequence[str] = ("FAILED", "LOST", "ABORTED", "CANCELLED"),
+        failure_states: Sequence[str] = ("FAILED", "LOST", "ABORTED", "CANCELLED", "NEVER_LAUNCHED"),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
