@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..compat import AirflowException, BaseOperator, task_instance_state_sync
@@ -12,6 +13,8 @@ from ..utils.lifecycle import TERMINAL_FAILURES, is_user_kill, normalize_state, 
 from ..utils.run_key import run_key_from_context
 
 __all__ = ["TERMINAL_FAILURES", "EdgeConnectionMixin", "OrchesJobBaseOperator", "tail"]
+
+STATE_LOOKUP_TIMEOUT = 10.0  # seconds on_kill waits to learn whether a person killed the task
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -114,16 +117,25 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         self._ti_ref = (ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
         self._try_number = getattr(ti, "try_number", None)
 
+    def current_task_state(self) -> Any:
+        """This task instance's state now (None: it no longer exists); raises when it cannot be read."""
+        return task_instance_state_sync(*self._ti_ref)
+
     def killed_by_user(self) -> bool:
         """In ``on_kill`` (non-deferrable): whether a person stopped this task (not a worker shutting down)."""
         ref = getattr(self, "_ti_ref", None)
         if ref is None:
             return False
+        # on_kill runs in a signal handler; the SDK's channel to the supervisor may be held by
+        # the interrupted code on this very thread. Ask from another thread, bounded in time.
+        pool = ThreadPoolExecutor(max_workers=1)
         try:
-            state = task_instance_state_sync(*ref)
+            state = pool.submit(self.current_task_state).result(timeout=STATE_LOOKUP_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - an unknown state is no proof of a kill
-            self.log.warning("cannot read the task's state (%s): leaving the remote work running", exc)
+            self.log.warning("cannot read the task's state (%r): leaving the remote work running", exc)
             return False
+        finally:
+            pool.shutdown(wait=False)  # never wait for a lookup that hangs
         killed = is_user_kill(state, waiting_in="worker")
         verdict = "a user's action, stopping the remote work" if killed else "leaving the remote work running"
         self.log.info("task killed while %s: %s", normalize_state(state), verdict)

@@ -25,8 +25,17 @@ def context():
     return {"ti": SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)}
 
 
+class _ReserveSeeingState(OrchesJobReserveOperator):
+    """The operator with the task instance's state given by the test (no Airflow API server here)."""
+
+    state_seen = "failed"  # a user marked the task failed
+
+    def current_task_state(self):
+        return self.state_seen
+
+
 def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
-    op = OrchesJobReserveOperator(
+    op = _ReserveSeeingState(
         task_id="reserve", ssh_conn_id=None, orchesjob_home=local_env, command=["true"], run_key="far-future",
         not_before="2099-01-01T00:00:00Z", wait_for_completion=True, deferrable=False, poll_interval=0.1,
     )  # fmt: skip
@@ -56,3 +65,16 @@ def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
     # The waiting execute() ends with the reservation's fate instead of polling forever.
     assert len(outcome) == 1 and isinstance(outcome[0], AirflowException)
     assert "ended CANCELLED without a job" in str(outcome[0])
+
+
+def test_a_worker_shutting_down_leaves_the_reservation(local_env):
+    op = _ReserveSeeingState(
+        task_id="reserve", ssh_conn_id=None, orchesjob_home=local_env, command=["true"], run_key="kept",
+        not_before="2099-01-01T00:00:00Z", wait_for_completion=False, poll_interval=0.1,
+    )  # fmt: skip
+    op.execute(context())
+    op.wait_for_completion = True  # as if it were waiting
+    op.state_seen = "running"  # the try itself still runs: the worker is stopping, not a person
+    op.on_kill()
+    hook = OrchesJobHook(None, orchesjob_home=local_env)
+    assert hook.reservation_status("kept")["reservation"]["reservation_status"] == "RESERVED"
