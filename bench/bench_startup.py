@@ -1,0 +1,110 @@
+"""Benchmark: start-up cost of the two calls every remote task makes, against an earlier commit.
+
+Each remote poll is one ``orchesjob status`` process and each task starts with
+one ``orchesjob start``: their wall time is what the host pays per call. This
+builds a wheel of the working tree and of ``--baseline`` (a git ref, default the
+commit before the job-lifecycle rewrite) into private venvs, as ``pipx install``
+would, and times in the same run, interleaved round by round:
+
+* ``status --run-key K`` on a small database,
+* ``start --run-key K_i -- true`` (async: returns once the command is released),
+* ``start --sync --run-key K_i -- true`` (returns once the outcome is recorded),
+* a bare ``python -c pass`` of the same interpreter (the floor).
+
+Figures are medians over ``--rounds``; ratios are against the baseline measured
+in the same run, since these machines (2 cores) are noisy.
+
+    python bench/bench_startup.py --rounds 40 [--baseline d2ed6b3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_BASELINE = "d2ed6b3"  # main before the lifecycle rewrite (issue 10)
+
+
+def install(source: str, workdir: str, name: str) -> str:
+    """Wheel of ``source`` installed into ``workdir/name``; returns its orchesjob path."""
+    venv = os.path.join(workdir, name)
+    wheels = os.path.join(workdir, name + "-wheels")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = os.path.join(venv, "bin", "pip")
+    subprocess.run([pip, "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", wheels, source], check=True)
+    wheel = next(f for f in os.listdir(wheels) if f.endswith(".whl"))
+    subprocess.run([pip, "install", "-q", "--disable-pip-version-check", os.path.join(wheels, wheel)], check=True)
+    return os.path.join(venv, "bin", "orchesjob")
+
+
+def export_ref(ref: str, dest: str) -> str:
+    os.makedirs(dest)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest
+
+
+def timed(argv: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, env=env, capture_output=True)
+    elapsed = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv} failed: {p.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="git ref to compare with")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="orchesjob-bench-startup-")
+    tools = {
+        "current": install(ROOT, work, "current"),
+        "baseline": install(export_ref(args.baseline, os.path.join(work, "src-baseline")), work, "baseline"),
+    }
+    homes = {name: os.path.join(work, "home-" + name) for name in tools}
+    envs = {name: dict(os.environ, ORCHESJOB_HOME=homes[name]) for name in tools}
+    for name, bin_ in tools.items():
+        subprocess.run([bin_, "start", "--run-key", "k", "--sync", "--", "true"], env=envs[name], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    python = os.path.join(os.path.dirname(tools["current"]), "python")
+    samples: dict[str, list[float]] = {}
+    for i in range(args.rounds):
+        samples.setdefault("python -c pass", []).append(timed([python, "-c", "pass"], dict(os.environ)))
+        for name, bin_ in tools.items():
+            env = envs[name]
+            samples.setdefault(f"{name}: status", []).append(timed([bin_, "status", "--run-key", "k"], env))
+            samples.setdefault(f"{name}: start", []).append(
+                timed([bin_, "start", "--run-key", f"a{i}", "--", "true"], env)
+            )
+            samples.setdefault(f"{name}: start --sync", []).append(
+                timed([bin_, "start", "--run-key", f"s{i}", "--sync", "--", "true"], env)
+            )
+    med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    rows = []
+    for call in ("status", "start", "start --sync"):
+        cur, base = med[f"current: {call}"], med[f"baseline: {call}"]
+        rows.append({"call": call, "current_ms": round(cur, 1), "baseline_ms": round(base, 1),
+                     "ratio": round(cur / base, 2)})  # fmt: skip
+    out = {"rounds": args.rounds, "baseline": args.baseline, "python_ms": round(med["python -c pass"], 1), "rows": rows}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"medians over {args.rounds} interleaved rounds; bare python -c pass: {out['python_ms']} ms")
+    print(f"{'call':<16}{'current ms':>12}{'baseline ms':>13}{'ratio':>8}")
+    for r in rows:
+        print(f"{r['call']:<16}{r['current_ms']:>12}{r['baseline_ms']:>13}{r['ratio']:>8}")
+
+
+if __name__ == "__main__":
+    main()
