@@ -14,8 +14,8 @@ candidates that both hold this user's databases are an error, never a guess.
 Privacy: state directories are created 0700 and database files 0600 (before
 SQLite opens them; SQLite gives ``-wal``/``-shm`` the mode of the database
 file). An existing home that other users could write to is tightened to 0700
-when this user owns it, and refused otherwise. The process umask is never
-changed: job commands inherit the caller's.
+when this user owns it, and refused otherwise (a sticky one like /tmp too).
+The process umask is never changed: job commands inherit the caller's.
 """
 
 from __future__ import annotations
@@ -128,31 +128,32 @@ def log_files(directory: str, stem: str, suffix: str = "") -> tuple[str, str]:
 
 # ---------------------------------------------------------------- privacy
 def private_dir(path: str, *, check: bool = True) -> None:
-    """Make sure ``path`` is a directory only this user can use.
+    """Make sure ``path`` is a directory other users cannot write to.
 
     Created 0700 when missing. An existing one (``check``) that is group- or
-    world-accessible is tightened to 0700 (with its ``logs/`` and the files in
-    both) when this user owns it; one that others may write to and this user
-    does not own raises ``UnsafeHome``. ``check=False`` (a directory the caller
-    named with ``--db``) only creates.
+    world-writable is tightened to 0700 (with its ``logs/`` and the files in
+    both) when this user owns it and it is not a shared sticky directory such
+    as ``/tmp``; otherwise ``UnsafeHome``. A directory others may only read is
+    left as it is (what is in it is 0600). ``check=False`` (a directory the
+    caller named with ``--db``) only creates.
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
     except OSError as exc:
         raise OrchesError(f"cannot create state directory {path}: {exc.strerror}", path=path) from None
-    if not check or not st.st_mode & 0o077:
+    if not check or not st.st_mode & 0o022:
         return
-    if st.st_uid != os.geteuid():
-        if st.st_mode & 0o022:
-            raise UnsafeHome(
-                f"state directory {path} is writable by other users (mode {st.st_mode & 0o7777:o}) and is "
-                f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); refusing to keep jobs "
-                "there. Have its owner run `chmod 0700` on it, or set ORCHESJOB_HOME to a directory of your own",
-                path=path,
-                mode=f"{st.st_mode & 0o7777:o}",
-            )
-        return
+    mode = f"{st.st_mode & 0o7777:o}"
+    if st.st_uid != os.geteuid() or st.st_mode & 0o1000:
+        why = "is a shared (sticky) directory" if st.st_mode & 0o1000 else f"is owned by uid {st.st_uid}"
+        raise UnsafeHome(
+            f"state directory {path} is writable by other users (mode {mode}) and {why}, so it cannot be made "
+            "private; refusing to keep jobs there. Use a directory of your own (set ORCHESJOB_HOME), or have "
+            "its owner run `chmod 0700` on it",
+            path=path,
+            mode=mode,
+        )
     try:
         os.chmod(path, 0o700)
         _tighten_tree(path)

@@ -207,3 +207,22 @@ def test_advancer_command_line_is_isolated():
     code = "from edge_runtime.cli.flow import advancer_argv; import json; print(json.dumps(advancer_argv('x')))"
     argv = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
     assert argv[1] == "-I" and argv[-1] == "x" and "-m" not in argv
+
+
+def test_sticky_shared_directory_is_refused_never_tightened(runner):
+    # What ORCHESJOB_HOME=/tmp would be: chmod-ing it to 0700 would break the host.
+    home = runner.home
+    os.makedirs(home)
+    os.chmod(home, 0o1777)
+    r = runner.oj("status", "--running")
+    assert r.code == 1 and r.error["error_type"] == "unsafe_home" and "sticky" in r.error["error"]
+    assert mode(home) == 0o1777 and os.listdir(home) == []
+
+
+def test_home_others_may_only_read_is_left_as_it_is(runner):
+    home = runner.home
+    os.makedirs(home)
+    os.chmod(home, 0o755)
+    runner.ok("start", "--run-key", "k", "--sync", "--", "true")
+    assert mode(home) == 0o755
+    assert mode(os.path.join(home, "orchesjob.db")) == 0o600 and mode(os.path.join(home, "logs")) == 0o700
