@@ -209,6 +209,10 @@ def load(path: str, base_dir: str | None = None) -> tuple[FlowDefinition, str]:
 
 
 # ------------------------------------------------------------------ validation
+MAX_SECONDS = 100 * 365 * 86400.0  # = timefmt.MAX_DURATION_S (not imported: flow loading stays lean)
+MAX_RETRIES = 10_000
+
+
 def _number(step_id: str, name: str, value: Any, *, minimum: float, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise FlowValidationError(f"step {step_id}: {name} must be a number, got {value!r}")
@@ -216,6 +220,11 @@ def _number(step_id: str, name: str, value: Any, *, minimum: float, integer: boo
         raise FlowValidationError(f"step {step_id}: {name} must be an integer, got {value!r}")
     if value < minimum:
         raise FlowValidationError(f"step {step_id}: {name} must be >= {minimum:g}, got {value!r}")
+    # Bounded like every duration of the runtime (see timefmt): a delay or timeout
+    # past year 9999 could never be stored, formatted or waited for.
+    maximum = MAX_RETRIES if integer else MAX_SECONDS
+    if value > maximum:
+        raise FlowValidationError(f"step {step_id}: {name} must be <= {maximum:g}, got {value!r}")
     return int(value) if integer else value
 
 

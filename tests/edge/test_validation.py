@@ -234,3 +234,15 @@ def test_unusable_home_for_info_is_a_named_error(runner, tmp_path):
             _immutable([str(home)], False)
         else:
             os.chmod(home, 0o700)
+
+
+def test_flow_durations_are_bounded(primed, tmp_path):
+    for field, value in (("timeout_sec", "99999999999999"), ("retry_delay_sec", "1e15"), ("retries", "10**9")):
+        value = str(10**9) if value == "10**9" else value
+        f = tmp_path / f"{field}.yaml"
+        f.write_text(f'flow_id: b\nsteps:\n  - id: a\n    {field}: {value}\n    command: ["true"]\n')
+        error = refused(primed, FLOW, "start", "--run-key", "b", str(f))
+        assert error["error_type"] == "invalid_flow" and field in error["error"]
+    inf = '{"flow_id": "b", "steps": [{"id": "a", "timeout_sec": 1e400, "command": ["true"]}]}'
+    refused(primed, FLOW, "start", "--run-key", "b", "-", input=inf)
+    assert primed.run(FLOW, "status", "--run-key", "b").code == 2
