@@ -88,10 +88,19 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         self.retry_lost = retry_lost
         self._job_id: str | None = None
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        # Register the env values with the secret masker as soon as they are known: the
+        # rendered fields (shown in the UI) are stored right after rendering, before execute.
+        super().render_template_fields(context, jinja_env)
+        self.mask_env()
+
+    def mask_env(self) -> None:
+        for value in (self.env or {}).values() if isinstance(self.env, Mapping) else ():
+            mask_secret(str(value))
+
     def execute(self, context: Any) -> Any:
         self.remember_task_instance(context)
-        for value in (self.env or {}).values():
-            mask_secret(str(value))
+        self.mask_env()
         self.run_key = self.task_run_key(context, self.run_key)
         return self.run_and_wait(context, self.start(context))
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..compat import AirflowException, mask_secret
+from ..compat import AirflowException
 from ..hooks.commands import number
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
 from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES
@@ -59,8 +59,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 
     def execute(self, context: Any) -> Any:
         self.remember_task_instance(context)
-        for value in (self.env or {}).values():
-            mask_secret(str(value))
+        self.mask_env()
         run_key = self.task_run_key(context, self.run_key)
         self.run_key = run_key
         ti = context["ti"]

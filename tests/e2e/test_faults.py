@@ -257,3 +257,18 @@ def test_on_success_found_rerun_runs_a_succeeded_run_key_again(e2e_conn, ssh_ser
     dr = load_dag("e2e_rerun").test(run_conf={"command": command, "run_key": run_key})
     assert dr.state == "success" and host_lines(ssh_server, mark) == ["run", "run"]
     assert dr.get_task_instance("job").xcom_pull(task_ids="job")["attempt_no"] == 2
+
+
+def test_an_env_secret_reaches_the_command_and_nothing_else(e2e_conn, ssh_server, edge_home, capfd, caplog):
+    token, out = "tok-" + uuid.uuid4().hex, f"{edge_home}/token"
+    dr = load_dag("e2e_env_secret").test(run_conf={"token": token, "out": out})
+    assert dr.state == "success"
+    assert ssh_server.ssh(f"cat {out}").stdout == token, "the value arrived"
+    ti = dr.get_task_instance("job")
+    assert token not in json.dumps(ti.xcom_pull(task_ids="job")), "not in XCom"
+    logs = "".join(capfd.readouterr()) + caplog.text
+    assert f"token of {len(token)} characters" in logs and token not in logs, "not in the task log"
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    rendered = json.dumps(RenderedTaskInstanceFields.get_templated_fields(ti), default=str)
+    assert token not in rendered and "***" in rendered, "masked in the rendered fields"

@@ -138,3 +138,11 @@ for _dag_id, _options in (("e2e_retry_lost", {"retry_lost": True}), ("e2e_rerun"
             ssh_conn_id=_CONN, poll_interval=0.5, **_options,
         )  # fmt: skip
     globals()[_dag_id] = _policy_dag
+
+# A secret in env: it reaches the command, and nothing else.
+with DAG(dag_id="e2e_env_secret", start_date=datetime(2026, 1, 1), schedule=None) as e2e_env_secret:
+    OrchesJobStartOperator(
+        task_id="job", command='printf %s "$TOKEN" > "$OUT"; echo "token of $(printf %s "$TOKEN" | wc -c) characters"',
+        env={"TOKEN": "{{ dag_run.conf['token'] }}", "OUT": "{{ dag_run.conf['out'] }}"},
+        ssh_conn_id=_CONN, poll_interval=0.5,
+    )  # fmt: skip
