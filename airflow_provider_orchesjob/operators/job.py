@@ -161,9 +161,9 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
                 raise AirflowException(
                     f"remote job {job['job_id']} (run key {self.run_key}, attempt {job.get('attempt_no')}) is LOST: "
                     f"its outcome is unknown ({why}), so this retry does not start it again — it may have "
-                    "completed. Check the host "
-                    "(its logs: `orchesjob logs --job-id ...`); set retry_lost=True on the operator to start a new "
-                    "attempt after a LOST one."
+                    f"completed. Check the host (`orchesjob status --job-id {job['job_id']}`, `orchesjob logs "
+                    f"--job-id {job['job_id']}`); set retry_lost=True on the operator to start a new attempt after "
+                    "a LOST one."
                 )
             elif job.get("accepted"):
                 self.log.info("started remote job %s (run key %s, attempt %s)", job["job_id"], self.run_key,
