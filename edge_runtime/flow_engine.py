@@ -493,6 +493,21 @@ class FlowStore:
             )
         return True
 
+    def hand_over(self, run_key: str, pid: int, role: str) -> bool:
+        """Pass the lease this process holds to the (live) process ``pid``; False if we no longer hold it."""
+        me, my_start = process.identity()
+        start = process.start_time(pid)
+        if start is None:
+            return False
+        with self.store.write() as db:
+            return bool(
+                db.execute(
+                    "UPDATE flow_advancers SET pid=?, pid_start=?, role=?, acquired_at=? "
+                    "WHERE run_key=? AND pid=? AND pid_start=? AND boot_id=?",
+                    (pid, start, role, time.time(), run_key, me, my_start, process.boot_id()),
+                ).rowcount
+            )
+
     def release(self, run_key: str) -> None:
         pid, start = process.identity()
         with self.store.write() as db:

@@ -89,9 +89,16 @@ def build_parser() -> Parser:
     )
     p.add_argument("flow_file", metavar="FLOW_FILE", help="YAML or JSON flow definition, or - for stdin")
 
-    p = sub.add_parser("status", help="print the flow run state")
+    p = sub.add_parser(
+        "status",
+        help="print the flow run state",
+        description="Print the flow run state. If the run is RUNNING and the advancer that held it died "
+        "(SIGKILL, OOM killer), a new detached advancer is started and `advancer_resumed` says so: whoever "
+        "polls keeps the run going. A run that nobody was advancing (driven by `tick`) is left alone.",
+    )
     p.add_argument("--run-key", metavar="KEY", required=True)
     p.add_argument("--format", choices=("json", "table"), default="json")
+    p.add_argument("--no-resume", action="store_true", help="only report; never start an advancer for an orphaned run")
 
     p = sub.add_parser("watch", help="redisplay the state until the run finishes")
     p.add_argument("--run-key", metavar="KEY", required=True)
@@ -240,7 +247,10 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
         )
         return _run_or_detach(args, flows, client, "repaired", extra={"repaired_steps": reset})
     if cmd == "status":
+        resumed = None if args.no_resume else _resume_orphaned_run(args, flows)
         payload = flows.payload(args.run_key)
+        if resumed is not None:
+            payload["advancer_resumed"] = resumed
         if args.format == "table":
             from ..flow_display import render_table
 
@@ -359,6 +369,34 @@ def _spawn_child(args: argparse.Namespace, db: str, stdout_log: str, stderr_log:
         os.close(out)
         os.close(err)
     return child.pid
+
+
+def _resume_orphaned_run(args: argparse.Namespace, flows: Any) -> dict[str, Any] | None:
+    """Whoever polls a RUNNING run whose advancer died (SIGKILL, OOM, reboot) starts a new one.
+
+    Only a lease left by a dead holder counts: a run advanced from outside with
+    ``tick`` holds no lease between ticks and is left alone. The lease is taken
+    here first, inside one write transaction, so concurrent pollers start one
+    advancer, not one each, and handed to the detached advancer at once. Costs
+    one row read and one /proc read on the common path (a live advancer).
+    """
+    if flows.run_row(args.run_key)["status"] != "RUNNING":
+        return None
+    previous = flows.advancer(args.run_key)
+    if previous is None or previous["alive"]:
+        return None
+    if not flows.acquire(args.run_key, "status-resume"):
+        return None  # another poller won the race
+    from ..home import log_files, logs_dir
+
+    stdout_log, stderr_log = log_files(
+        logs_dir(os.path.dirname(flows.path)), f"orchesjob-flow-{safe_key(args.run_key)}", ".log"
+    )
+    pid = _spawn_child(args, flows.path, stdout_log, stderr_log)
+    # The child finds the lease already its own: no moment in which the run looks orphaned again.
+    if not flows.hand_over(args.run_key, pid, "detached"):
+        flows.release(args.run_key)
+    return {"pid": pid, "previous_pid": previous["pid"], "stdout_log": stdout_log}
 
 
 def _watch(args: argparse.Namespace, flows: Any, client: Any) -> int:

@@ -253,6 +253,25 @@ def test_cancel_aborts_running_steps(runner, tmp_path):
     assert flow(runner, "cancel", "--run-key", "cx").json["cancelled"] is False
 
 
+def test_status_resumes_a_run_whose_advancer_was_killed(runner, tmp_path):
+    marker = tmp_path / "ran"
+    steps = [{"id": f"s{i}", "command": sh(f"echo s{i} >> {marker}")} for i in range(4)]
+    for i in range(1, 4):
+        steps[i]["when"] = f"s{i - 1}"
+    path = write_flow(tmp_path, steps)
+    env = dict(runner.env, ORCHESJOB_FLOW_TEST_KILL_AT="recorded:1")
+    r = flow(runner, "start", "--run-key", "orphan", "-d", path, env=env)
+    assert r.code == 0, r.err
+    # The detached advancer is SIGKILLed after the first step's outcome is recorded.
+    wait_until(lambda: pid_gone(r.json["pid"]), timeout=20)
+    polls = [flow(runner, "status", "--run-key", "orphan") for _ in range(3)]
+    resumed = [p.json["advancer_resumed"] for p in polls if p.json.get("advancer_resumed")]
+    assert len(resumed) == 1 and resumed[0]["previous_pid"] == r.json["pid"], "one poller resumes it, once"
+    done = wait_until(lambda: (s := status(runner, "orphan"))["status"] == "SUCCEEDED" and s, timeout=30)
+    assert [x["attempt_no"] for x in done["steps"]] == [1, 1, 1, 1]
+    assert marker.read_text().split() == ["s0", "s1", "s2", "s3"], "every step ran exactly once"
+
+
 def test_tick_and_watch_advance_recover_a_killed_loop(runner, tmp_path):
     steps = [{"id": f"s{i}", "command": ["true"]} for i in range(3)]
     for i in (1, 2):
@@ -261,7 +280,8 @@ def test_tick_and_watch_advance_recover_a_killed_loop(runner, tmp_path):
     env = dict(runner.env, ORCHESJOB_FLOW_TEST_KILL_AT="recorded:1")
     r = flow(runner, "start", "--run-key", "tk", path, env=env)
     assert r.code == -signal.SIGKILL
-    st = steps_by_id(status(runner, "tk"))
+    # --no-resume: an integration that drives the loop itself (tick, watch --advance).
+    st = steps_by_id(flow(runner, "status", "--run-key", "tk", "--no-resume").json)
     assert st["s0"]["status"] == "SUCCEEDED" and st["s1"]["status"] == "PENDING"
     t = flow(runner, "tick", "--run-key", "tk")
     assert t.code == 0 and t.json["advanced"] is True
