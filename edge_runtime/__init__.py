@@ -24,4 +24,5 @@ CAPABILITIES = (
     "env-file",
     "clean-older-than",
     "job-lifecycle-v2",
+    "reserve-rearm",
 )

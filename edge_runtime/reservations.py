@@ -198,12 +198,19 @@ class Reservations:
         metadata: dict[str, Any] | None = None,
         start_options: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        rearm: bool = False,
     ) -> dict[str, Any]:
         """Create the reservation of ``run_key``, or return the one it already has.
 
         Idempotent under concurrency: the insert and the read-back happen in one
         write transaction, and ``UNIQUE(run_key)`` makes a second insert a no-op.
         ``--env`` among ``start_options`` is stored with ``env``, apart from them.
+
+        ``rearm``: a reservation that ended without ever dispatching a job
+        (cancelled by a user's kill of the task, expired, failed to dispatch) is
+        replaced by this request, in the same transaction — what a cleared
+        Airflow task needs. A pending or dispatched one is never touched, so a
+        resent or concurrent rearm cannot dispatch twice.
         """
         from .jobclient import split_env_options
 
@@ -231,10 +238,27 @@ class Reservations:
                     t,
                 ),
             ).rowcount
+            rearmed = 0
+            if not inserted and rearm:
+                rearmed = db.execute(
+                    "UPDATE reservations SET status='RESERVED', command=?, start_options=?, env=?, metadata=?, "
+                    "not_before=?, expires_at=?, dispatch_claimed_at=NULL, last_error=NULL, updated_at=? "
+                    "WHERE run_key=? AND job_id IS NULL AND status IN ('CANCELLED','EXPIRED','DISPATCH_FAILED')",
+                    (
+                        json.dumps(list(command)),
+                        json.dumps(list(start_options)),
+                        json.dumps(env) if env else None,
+                        json.dumps(metadata) if metadata is not None else None,
+                        not_before,
+                        expires_at,
+                        t,
+                        run_key,
+                    ),
+                ).rowcount
             row = db.execute("SELECT * FROM reservations WHERE run_key = ?", (run_key,)).fetchone()
-        if inserted:
+        if inserted or rearmed:
             poke(self.db_path)
-        return {"created": bool(inserted), "reservation": reservation_json(row)}
+        return {"created": bool(inserted), "rearmed": bool(rearmed), "reservation": reservation_json(row)}
 
     # ------------------------------------------------------------ status/list
     def status(self, run_key: str | None = None, reservation_id: str | None = None) -> dict[str, Any]:

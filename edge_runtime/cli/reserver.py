@@ -128,6 +128,13 @@ def build_parser() -> Parser:
         "lines (--env of the same key wins). Stored with the reservation, given to the job at dispatch; "
         "values are never printed or logged, only their keys (env_keys)",
     )
+    p.add_argument(
+        "--rearm",
+        action="store_true",
+        help="if the run key's reservation ended without ever dispatching a job (CANCELLED, EXPIRED, "
+        "DISPATCH_FAILED), store this request in its place as RESERVED again (rearmed: true); a reservation "
+        "that is pending or dispatched is returned as it is",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser("run", help="run the foreground dispatcher", epilog=RUN_EPILOG)
@@ -228,6 +235,7 @@ def main(argv: list[str]) -> int:
                 metadata=metadata,
                 start_options=options,
                 env=env,
+                rearm=args.rearm,
             )
         )
         return 0

@@ -132,6 +132,33 @@ def test_concurrent_reserve_is_idempotent(runner):
     assert len(runner.ok("list", tool=RES)["reservations"]) == 1
 
 
+def test_rearm_replaces_a_reservation_that_never_dispatched_and_nothing_else(runner, tmp_path):
+    marker = tmp_path / "ran"
+    cmd = ("sh", "-c", f"echo ran >> {marker}")
+    first = reserve(runner, "clear-me", cmd=cmd)["reservation"]
+    runner.ok("cancel", "--run-key", "clear-me", tool=RES)  # what on_kill of the killed try does
+    # A plain reserve returns the cancelled reservation, as the spec says ...
+    assert reserve(runner, "clear-me", cmd=cmd)["reservation"]["reservation_status"] == "CANCELLED"
+
+    # ... and 10 concurrent --rearm calls (the cleared try, resent) re-arm it once.
+    def one(_: int):
+        return runner.run(RES, "reserve", "--run-key", "clear-me", "--rearm", "--", *cmd)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = [r.json for r in pool.map(one, range(10))]
+    assert sum(r["rearmed"] for r in results) == 1 and not any(r["created"] for r in results)
+    assert {r["reservation"]["reservation_id"] for r in results} == {first["reservation_id"]}
+    assert res_status(runner, "clear-me")["reservation_status"] == "RESERVED"
+    run_once(runner)
+    job_id = res_status(runner, "clear-me")["job_id"]
+    assert wait_job_done(runner, job_id)["status"] == "SUCCEEDED"
+    # Dispatched: a later --rearm never touches it, and the command ran once.
+    again = runner.ok("reserve", "--run-key", "clear-me", "--rearm", "--", *cmd, tool=RES)
+    assert again["rearmed"] is False and again["reservation"]["reservation_status"] == "DISPATCHED"
+    run_once(runner)
+    assert marker.read_text() == "ran\n"
+
+
 def test_home_priority(runner, tmp_path):
     rhome = str(tmp_path / "rhome")
     env = dict(runner.env, ORCHESJOB_RESERVER_HOME=rhome)
