@@ -274,7 +274,10 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
             outcome = {"status": status, "exit_code": 127 if launch_error else code, "error": error}
             process.kill_point("supervisor:main-exited")
             if running:
-                lifecycle.write_outcome(record_path, outcome)
+                try:
+                    lifecycle.write_outcome(record_path, outcome)
+                except OSError:
+                    pass  # (disk full ...) the database write below still records it
             process.kill_point("supervisor:exited")
             tree.terminate(tree.grace if tree.term_at is not None else lifecycle.LEFTOVER_GRACE)
         left = tree.alive()
