@@ -57,7 +57,8 @@ STOP_WAIT_MARGIN = 10.0
 def validate_job_id(job_id: str) -> str:
     # Job ids name log files: refuse anything that is not a plain token.
     if not job_id or any(c in job_id for c in "/\\\x00") or job_id in (".", "..") or len(job_id) > 128:
-        raise UsageError(f"invalid job id {job_id!r}", job_id=job_id)
+        what = "contains path separator: " if any(c in job_id for c in "/\\") else ""
+        raise UsageError(f"Invalid job_id: {what}{job_id!r} (a job id is a plain token)", job_id=job_id)
     return job_id
 
 
@@ -84,12 +85,12 @@ class Jobs:
         if job_id is not None:
             row = self._by_id(validate_job_id(job_id))
             if row is None:
-                raise NotFound(f"job not found: {job_id}", job_id=job_id)
+                raise NotFound(f"Job not found: {job_id}", job_id=job_id)
         else:
             assert run_key is not None
             row = self._latest(validate_run_key(run_key))
             if row is None:
-                raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+                raise NotFound(f"run_key not found: {run_key}", run_key=run_key)
         return self._judge(row)
 
     # --------------------------------------------------------------- liveness
@@ -127,7 +128,7 @@ class Jobs:
         if request_id is not None and (not request_id or len(request_id) > 200 or "\x00" in request_id):
             raise UsageError("--request-id must be 1-200 characters")
         if not command:
-            raise UsageError("no command given; put it after --")
+            raise UsageError("command is required (provide it after --)")
         if reuse_policy not in REUSE_POLICIES:
             raise UsageError(f"unknown reuse policy {reuse_policy!r}; choose from {', '.join(REUSE_POLICIES)}")
         if cwd is not None and not os.path.isdir(cwd):
@@ -280,7 +281,7 @@ class Jobs:
     def history(self, run_key: str) -> list[dict[str, Any]]:
         rows = self.store.all("SELECT * FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC", (run_key,))
         if not rows and self.store.one("SELECT 1 FROM run_keys WHERE run_key = ?", (run_key,)) is None:
-            raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+            raise NotFound(f"No jobs found for run_key: {run_key} (run_key not found)", run_key=run_key)
         override = self._override(run_key)
         return [dict(job_json(self._judge(r)), strict_override=override) for r in rows]
 
@@ -341,7 +342,7 @@ class Jobs:
         row = self._find(run_key, job_id)
         path = row["stdout_file"] if stream == "stdout" else row["stderr_file"]
         if not os.path.exists(path):
-            raise NotFound(f"log file not found: {path}", job_id=row["job_id"], path=path)
+            raise NotFound(f"Log file not found: {path}", job_id=row["job_id"], path=path)
         return path
 
     # ------------------------------------------------------------ abort/cancel
@@ -371,7 +372,7 @@ class Jobs:
             row = lifecycle.settle_locked(db, row["job_id"])
             if row["status"] not in ACTIVE_JOB_STATUSES:
                 raise InvalidState(
-                    f"job {row['job_id']} is not active (status {row['status']})",
+                    f"Job is not running: {row['job_id']} status={row['status']} (only an active job can be stopped)",
                     job_id=row["job_id"],
                     run_key=row["run_key"],
                     status=row["status"],
@@ -424,10 +425,11 @@ class Jobs:
                 latest = lifecycle.settle_locked(db, latest["job_id"])
             rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
             if rk is None or rk["attempts"] == 0:
-                raise NotFound(f"run key not found: {run_key}", run_key=run_key)
+                raise NotFound(f"run_key not found: {run_key}", run_key=run_key)
             if latest is not None and latest["status"] in ACTIVE_JOB_STATUSES:
                 raise InvalidState(
-                    f"run key {run_key} has an active job; it can be unlocked once it finishes",
+                    f"Cannot unlock active job: status={latest['status']}; run key {run_key} can be unlocked "
+                    "once its job finishes",
                     run_key=run_key,
                     status=latest["status"],
                 )
@@ -454,7 +456,8 @@ class Jobs:
         source = self._find(run_key, job_id)
         if source["status"] in ACTIVE_JOB_STATUSES:
             raise InvalidState(
-                f"job {source['job_id']} is still {source['status']}; only finished jobs can be rerun",
+                f"Cannot rerun active job: status={source['status']}; job {source['job_id']} is still active, "
+                "only finished jobs can be rerun",
                 job_id=source["job_id"],
                 status=source["status"],
             )
@@ -495,15 +498,15 @@ class Jobs:
         """
         if job_id is not None:
             if before is not None or after is not None or all_ or run_key is not None:
-                raise UsageError("--job-id cannot be combined with other selection options")
+                raise UsageError("--job-id cannot be combined with --before, --after, --all, or --run-key")
             row = self._find(job_id=job_id)
             if row["status"] in ACTIVE_JOB_STATUSES:
                 raise InvalidState(f"job {job_id} is still {row['status']}; only terminal jobs are cleaned")
         else:
             if before is None and after is None and not all_:
-                raise UsageError("choose what to clean: --before, --after, --all or --job-id")
+                raise UsageError("choose what to clean: one of --before, --after, --all, or --job-id is required")
             if all_ and (before is not None or after is not None):
-                raise UsageError("--all cannot be combined with --before/--after")
+                raise UsageError("--all cannot be combined with --before or --after")
         where, params = clean_selection(
             "finished_at",
             TERMINAL_JOB_STATUSES,

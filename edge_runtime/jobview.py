@@ -58,17 +58,20 @@ def job_json(row: sqlite3.Row) -> dict[str, Any]:
 def start_reply(job: dict[str, Any], *, accepted: bool, sync: bool, strict: bool) -> dict[str, Any]:
     """The job JSON led by the spec's start fields (accepted, existing, mode, ...).
 
-    ``strict`` reflects the call, as in the public release: a strict start that
-    returns an older non-strict attempt still says ``strict: true``.
+    ``strict`` and ``strict_override_used`` describe the call, as in the public
+    release: a strict start that returns an older non-strict attempt still says
+    ``strict: true``, and a start that returns an existing attempt consumed no
+    override (``false``, even when that attempt was itself started with one;
+    ``status`` keeps the attempt's own value).
     """
     out: dict[str, Any] = {
         "accepted": accepted,
         "existing": not accepted,
         "mode": "sync" if sync else "async",
         "strict": strict,
-        "strict_override_used": job.get("strict_override_used", False),
+        "strict_override_used": bool(job.get("strict_override_used", False)) and accepted,
     }
-    out.update((k, v) for k, v in job.items() if k != "strict")
+    out.update((k, v) for k, v in job.items() if k not in ("strict", "strict_override_used"))
     return out
 
 

@@ -102,7 +102,8 @@ def parse_datetime(text: str, option: str = "datetime") -> float:
         dt = datetime.fromisoformat(candidate)
     except ValueError:
         raise UsageError(
-            f"{option}: invalid datetime {text!r}; use epoch seconds or ISO 8601 such as 2026-05-04T03:00:00+09:00",
+            f"Invalid {option}: {text!r} is not a datetime; use epoch seconds or ISO 8601 such as "
+            "2026-05-04T03:00:00+09:00",
             value=text,
         ) from None
     try:
@@ -124,12 +125,12 @@ def parse_duration(text: str, option: str = "duration") -> float:
     m = _DURATION_RE.match(text.strip().lower())
     if not m:
         raise UsageError(
-            f"{option}: invalid duration {text!r}; use seconds or a number with s, m, h or d",
+            f"Invalid {option.lstrip('-')}: {text!r}; {option} takes seconds or a number with s, m, h or d",
             value=text,
         )
     value = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     if value <= 0:
-        raise UsageError(f"{option}: duration must be positive", value=text)
+        raise UsageError(f"{option.lstrip('-')} must be positive ({option} {text!r})", value=text)
     if value > MAX_DURATION_S:
         raise UsageError(f"{option}: duration {text!r} is too long; at most 100 years (36500d)", value=text)
     return value

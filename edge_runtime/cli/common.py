@@ -58,12 +58,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def emit(obj: Any) -> None:
-    """Print one JSON document on stdout.
+    """Print one JSON document on stdout, indented (the layout of orchesjob and orchesjob-reserver).
 
     ASCII-only (non-ASCII as \\u escapes): valid whatever the locale of a
     non-interactive SSH session, and safe for undecodable bytes in argv.
     """
     data = json.dumps(obj, indent=2) + "\n"
+    sys.stdout.buffer.write(data.encode("ascii"))
+    sys.stdout.flush()
+
+
+def emit_line(obj: Any) -> None:
+    """``emit`` as one compact line: the layout every orchesjob-flow command prints, as the public release."""
+    data = json.dumps(obj, separators=(",", ":")) + "\n"
     sys.stdout.buffer.write(data.encode("ascii"))
     sys.stdout.flush()
 

@@ -229,7 +229,9 @@ def main(argv: list[str]) -> int:
         # `--` is optional (spec): the first word that is not an option starts the command.
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
-            raise UsageError("orchesjob start: no command given; put it after --, e.g. start --run-key K -- CMD ARGS")
+            raise UsageError(
+                "orchesjob start: command is required (provide it after --), e.g. start --run-key K -- CMD ARGS"
+            )
         emit(jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args)))
     elif cmd == "status":
         return _status(jobs, args)
@@ -263,7 +265,8 @@ def main(argv: list[str]) -> int:
             )
         )
     elif cmd == "unlock":
-        emit(jobs.unlock(args.run_key, args.reason, parse_duration(args.ttl, "--ttl") if args.ttl else None))
+        ttl = parse_duration(args.ttl, "--ttl") if args.ttl is not None else None  # "" is refused, not "no ttl"
+        emit(jobs.unlock(args.run_key, args.reason, ttl))
     elif cmd == "rerun":
         emit(
             jobs.rerun(
@@ -295,10 +298,10 @@ def _status(jobs, args) -> int:
         emit(jobs.running())
         return 0
     if not keys and not ids:
-        raise UsageError("orchesjob status: one of --run-key, --job-id or --running is required")
+        raise UsageError("orchesjob status: one of the arguments --run-key --job-id --running is required")
     if args.all:
         if len(keys) != 1 or ids or chunks:
-            raise UsageError("--all requires exactly one --run-key and no other selector")
+            raise UsageError("status --all requires --run-key: exactly one, and no other selector")
         emit(jobs.history(keys[0]))
         return 0
     if len(keys) + len(ids) > 1:

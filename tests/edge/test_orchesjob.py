@@ -223,7 +223,7 @@ def test_status_batch_serves_many_pollers_in_one_call(runner, tmp_path):
     assert out[0]["job_id"] == done["job_id"] and out[0]["status"] == "SUCCEEDED"
     assert out[0]["stdout_chunk"]["data"] == "out1" and out[0]["stderr_chunk"]["data"] == "1"
     assert out[1]["job_id"] == slow["job_id"] and out[1]["status"] == "RUNNING" and "stdout_chunk" not in out[1]
-    assert out[2] == {"run_key": "missing", "status": None, "error": "run key not found: missing",
+    assert out[2] == {"run_key": "missing", "status": None, "error": "run_key not found: missing",
                       "error_type": "not_found"}  # fmt: skip
     assert out[3]["status"] is None and out[3]["error_type"] == "invalid_arguments"
     assert out[4]["stdout_chunk"] == {"offset": 2, "next_offset": 3, "size": 4, "encoding": "utf-8", "data": "t"}
@@ -260,7 +260,7 @@ def test_status_selector_errors(runner):
     assert runner.oj("status", "--running", "--run-key", "x").code == 2
     assert runner.oj("status", "--run-key", "a", "--max-bytes", "0", "--stdout-offset", "0").code in (2, 3)
     r = runner.oj("status", "--run-key", "nope")
-    assert r.code == 3 and r.error == {"error": "run key not found: nope", "error_type": "not_found", "run_key": "nope"}
+    assert r.code == 3 and r.error == {"error": "run_key not found: nope", "error_type": "not_found", "run_key": "nope"}
     assert runner.oj("status", "--run-key", "nope", "--all").code == 3
 
 

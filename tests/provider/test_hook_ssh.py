@@ -110,7 +110,7 @@ def test_errors_are_named_with_remote_json(conn_id):
     hook = OrchesJobHook(conn_id)
     with pytest.raises(OrchesJobNotFound) as err:
         hook.job_status("no-such-key")
-    assert "run key not found" in str(err.value) and err.value.remote_error["error_type"] == "not_found"
+    assert "run_key not found" in str(err.value) and err.value.remote_error["error_type"] == "not_found"
     with pytest.raises(OrchesJobInvalidArguments):
         hook.start_job("x", ["true"], cwd="/no/such/dir")
     hook.start_job("running", ["sleep", "5"])
