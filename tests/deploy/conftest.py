@@ -12,16 +12,11 @@ import pytest
 
 from tests.conftest import require
 
-DEPLOY_TIMEOUT = 900  # per test, including the session fixture's start (about 2-3 min)
-
 
 def pytest_collection_modifyitems(config, items):
-    # Run the deployment scenarios last: the deployment then never competes with the other tests for CPU,
-    # and it is torn down (session teardown) right after them.
+    # Run the deployment scenarios (marked ``deploy`` in their modules) last: the deployment then never
+    # competes with the other tests for CPU, and it is torn down (session teardown) right after them.
     deploy = [i for i in items if "tests/deploy/" in str(i.fspath).replace(os.sep, "/")]
-    for item in deploy:
-        item.add_marker(pytest.mark.deploy)
-        item.add_marker(pytest.mark.timeout(DEPLOY_TIMEOUT))
     items[:] = [i for i in items if i not in deploy] + deploy
 
 

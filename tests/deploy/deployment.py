@@ -56,6 +56,7 @@ ADMIN = ("admin", "deploy-tests-admin")
 PG_OS_USER = os.environ.get("ORCHESJOB_DEPLOY_PG_USER", "postgres")
 TRIGGERER_HEALTH_CHECK_THRESHOLD = 15  # seconds; Airflow's default is 30
 TI_HEARTBEAT_TIMEOUT = 20  # seconds; Airflow's default is 300
+DEPLOY_TIMEOUT = 900  # pytest-timeout of each scenario, including the session fixture's start (~30 s here)
 
 
 class DeploymentDied(RuntimeError):
@@ -607,6 +608,11 @@ def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
     from airflow_provider_orchesjob.utils.run_key import run_key_for
 
     return run_key_for(dag_id, task_id, run_id, map_index)
+
+
+def token() -> str:
+    """A unique number: ``sleep 300.<token>`` is a valid sleep whose process can be found by its token."""
+    return str(uuid.uuid4().int % 10**9).rjust(9, "1")
 
 
 def job_tree_alive(job: dict) -> list[int]:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
+from tests.deploy.deployment import DEPLOY_TIMEOUT
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
+
 
 def test_deferred_job_runs_once_through_the_deployment(dep):
     counter = dep.counter(f"baseline-{uuid.uuid4().hex[:6]}")

@@ -8,7 +8,11 @@ import shutil
 import subprocess
 import uuid
 
-from tests.deploy.deployment import wait_for
+import pytest
+
+from tests.deploy.deployment import DEPLOY_TIMEOUT, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
 
 DAG = "deploy_three"
 
@@ -36,6 +40,8 @@ def test_h_rotating_the_connection_key_while_deferred(dep):
         with open(auth, "a") as f, open(new_key + ".pub") as pub:
             f.write(pub.read())
         dep.patch_connection(dep.connection_json(key_file=new_key))
+        stored = dep.get("/api/v2/connections/orchesjob_deploy").json()
+        assert new_key in (stored.get("extra") or ""), f"the connection now names the new key: {stored}"
         shutil.copy(new_key + ".pub", auth)
         server.kill_sessions()  # live connections drop: the triggers must reconnect
         run = wait_for("the run finished", lambda: (r := dep.dag_run(DAG, run_id))["state"] in ("success", "failed")

@@ -12,7 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.deploy.deployment import wait_for
+from tests.deploy.deployment import DEPLOY_TIMEOUT, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def dispatcher(dep):
 def reservation(dep, key: str) -> dict:
     r = dep.ssh_server.ssh(f"ORCHESJOB_HOME={dep.edge_home} ~/.local/bin/orchesjob-reserver status --run-key '{key}'")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return json.loads(r.stdout)["reservation"]
 
 
 @pytest.mark.xfail(
@@ -46,9 +48,11 @@ def test_f_reservation_task_killed_and_cleared_is_rearmed_and_dispatched_once(de
     not_before = (datetime.now(timezone.utc) + timedelta(seconds=25)).isoformat()
     run_id = dep.trigger(dag_id, {"command": f"echo run >> {counter}", "run_key": key, "not_before": not_before})
     dep.wait_ti_state(dag_id, run_id, ("deferred",), 120)
-    assert reservation(dep, key)["status"] == "RESERVED"
+    assert reservation(dep, key)["reservation_status"] == "RESERVED"
     dep.set_ti_state(dag_id, run_id, "reserve", "failed")  # the user kills the waiting task
-    wait_for("the reservation cancelled by the kill", lambda: reservation(dep, key)["status"] == "CANCELLED", 30)
+    wait_for(
+        "the reservation cancelled by the kill", lambda: reservation(dep, key)["reservation_status"] == "CANCELLED", 30
+    )
     dep.clear(dag_id, run_id, ["reserve"])
     run = dep.wait_run(dag_id, run_id, 150)
     lines = dep.host_lines(counter)

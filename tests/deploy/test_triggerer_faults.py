@@ -10,7 +10,9 @@ import uuid
 
 import pytest
 
-from tests.deploy.deployment import TRIGGERER_HEALTH_CHECK_THRESHOLD, run_key, wait_for
+from tests.deploy.deployment import DEPLOY_TIMEOUT, TRIGGERER_HEALTH_CHECK_THRESHOLD, run_key, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
 
 DAG = "deploy_fanout"
 FANOUT = 20

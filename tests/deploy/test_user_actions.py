@@ -7,23 +7,25 @@ import uuid
 
 import pytest
 
-from tests.deploy.deployment import job_tree_alive, run_key, wait_for
+from tests.deploy.deployment import DEPLOY_TIMEOUT, job_tree_alive, run_key, token, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
 
 DAG = "deploy_job"
 STOP_WITHIN = 30  # seconds, issue 11
 
 
-def once_then_quick(counter: str, token: str) -> str:
+def once_then_quick(counter: str, tok: str) -> str:
     """First execution runs ~5 min (until stopped); any later one ends at once."""
-    return f'echo run >> {counter}; [ "$(wc -l < {counter})" -ge 2 ] || sleep 300.{token}'
+    return f'echo run >> {counter}; [ "$(wc -l < {counter})" -ge 2 ] || sleep 300.{tok}'
 
 
-def wait_stopped(dep, key: str, token: str, since: float, timeout: float = 90) -> tuple[dict, float]:
+def wait_stopped(dep, key: str, tok: str, since: float, timeout: float = 90) -> tuple[dict, float]:
     """Wait until the host job of ``key`` is ABORTED with no process of its tree left; seconds since ``since``."""
 
     def stopped() -> dict | None:
         job = dep.history(key)[0]
-        if job["status"] == "ABORTED" and not job_tree_alive(job) and not dep.host_pids(token):
+        if job["status"] == "ABORTED" and not job_tree_alive(job) and not dep.host_pids(tok):
             return job
         return None
 
@@ -31,10 +33,10 @@ def wait_stopped(dep, key: str, token: str, since: float, timeout: float = 90) -
     return job, time.monotonic() - since
 
 
-def deferred_job(dep, counter: str, token: str) -> tuple[str, str]:
-    run_id = dep.trigger(DAG, {"command": once_then_quick(counter, token)})
+def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
+    run_id = dep.trigger(DAG, {"command": once_then_quick(counter, tok)})
     dep.wait_ti_state(DAG, run_id, ("deferred",), 120)
-    wait_for("the remote job running", lambda: dep.host_lines(counter) == ["run"] and dep.host_pids(token), 60)
+    wait_for("the remote job running", lambda: dep.host_lines(counter) == ["run"] and dep.host_pids(tok), 60)
     return run_id, run_key(DAG, "job", run_id)
 
 
@@ -45,7 +47,7 @@ def deferred_job(dep, counter: str, token: str) -> tuple[str, str]:
     "(issue 11)",
 )
 def test_d_mark_failed_and_clear_a_deferred_task_stop_the_remote_job(dep):
-    tok1, tok2 = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
+    tok1, tok2 = token(), token()
     c1, c2 = dep.counter(f"d-failed-{tok1}"), dep.counter(f"d-cleared-{tok2}")
     run1, key1 = deferred_job(dep, c1, tok1)
     run2, key2 = deferred_job(dep, c2, tok2)

@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
-from tests.deploy.deployment import TI_HEARTBEAT_TIMEOUT, alive, run_key, wait_for
+from tests.deploy.deployment import DEPLOY_TIMEOUT, TI_HEARTBEAT_TIMEOUT, alive, run_key, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(DEPLOY_TIMEOUT)]
 
 
 def running_ti(dep, dag_id: str, run_id: str) -> dict:
