@@ -219,7 +219,7 @@ def _number(step_id: str, name: str, value: Any, *, minimum: float, integer: boo
     if integer and int(value) != value:
         raise FlowValidationError(f"step {step_id}: {name} must be an integer, got {value!r}")
     if value < minimum:
-        raise FlowValidationError(f"step {step_id}: {name} must be >= {minimum:g}, got {value!r}")
+        raise FlowValidationError(f"step.{name} must be >= {minimum:g}: {step_id} (got {value!r})")
     # Bounded like every duration of the runtime (see timefmt): a delay or timeout
     # past year 9999 could never be stored, formatted or waited for.
     maximum = MAX_RETRIES if integer else MAX_SECONDS
@@ -230,7 +230,7 @@ def _number(step_id: str, name: str, value: Any, *, minimum: float, integer: boo
 
 def _step(raw: Any, index: int, base_dir: str | None) -> Step:
     if not isinstance(raw, dict):
-        raise FlowValidationError(f"steps[{index}] must be a mapping, got {type(raw).__name__}")
+        raise FlowValidationError(f"each step must be an object: steps[{index}] is a {type(raw).__name__}")
     sid = raw.get("id")
     if not isinstance(sid, str) or not sid:
         raise FlowValidationError(f"steps[{index}]: id is required and must be a non-empty string")
@@ -244,7 +244,7 @@ def _step(raw: Any, index: int, base_dir: str | None) -> Step:
         raise FlowValidationError(f"step {sid}: unknown field(s): {', '.join(unknown)}", step=sid)
     cmd = raw.get("command")
     if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
-        raise FlowValidationError(f"step {sid}: command must be a non-empty list of strings", step=sid)
+        raise FlowValidationError(f"step.command must be a non-empty string list: {sid}", step=sid)
     if any("\x00" in c for c in cmd):
         raise FlowValidationError(f"step {sid}: command must not contain NUL bytes", step=sid)
     step = Step(id=sid, command=list(cmd))
@@ -256,13 +256,13 @@ def _step(raw: Any, index: int, base_dir: str | None) -> Step:
             if when is None:
                 raise FlowValidationError(f"step {sid}: when: false would never run; remove the step instead")
         if not isinstance(when, str):
-            raise FlowValidationError(f"step {sid}: when must be a string expression", step=sid)
+            raise FlowValidationError(f"step.when must be a string: {sid} (a condition expression)", step=sid)
         step.when = when
     deps = raw.get("depends_on", [])
     if isinstance(deps, str):
         deps = [deps]
     if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
-        raise FlowValidationError(f"step {sid}: depends_on must be a list of step ids", step=sid)
+        raise FlowValidationError(f"step.depends_on must be a string list: {sid} (step ids)", step=sid)
     step.depends_on = list(dict.fromkeys(deps))
     if "retries" in raw:
         step.retries = int(_number(sid, "retries", raw["retries"], minimum=0, integer=True))
@@ -286,7 +286,7 @@ def _step(raw: Any, index: int, base_dir: str | None) -> Step:
             setattr(step, name, value)
     if "strict" in raw:
         if not isinstance(raw["strict"], bool):
-            raise FlowValidationError(f"step {sid}: strict must be true or false", step=sid)
+            raise FlowValidationError(f"step.strict must be boolean: {sid} (true or false)", step=sid)
         step.strict = raw["strict"]
     env = raw.get("env")
     if env is not None:
@@ -380,7 +380,7 @@ def find_cycle(steps: list[Step]) -> list[str] | None:
 def validate(data: Any, base_dir: str | None = None) -> FlowDefinition:
     """Plain data (from YAML/JSON or a stored snapshot) to a validated ``FlowDefinition``."""
     if not isinstance(data, dict):
-        raise FlowValidationError("flow definition must be a mapping with flow_id and steps")
+        raise FlowValidationError("flow definition must be an object (a mapping with flow_id and steps)")
     flow_id = data.get("flow_id")
     if not isinstance(flow_id, str) or not flow_id.strip():
         raise FlowValidationError("flow_id is required and must be a non-empty string")
@@ -400,8 +400,8 @@ def validate(data: Any, base_dir: str | None = None) -> FlowDefinition:
         _condition(s, seen)
         for ref in s.waits:
             if ref not in seen:
-                where = "depends_on" if ref in s.depends_on else "when"
-                raise FlowValidationError(f"step {s.id}: unknown step {ref!r} in {where}", step=s.id, unknown=ref)
+                how = "depends on" if ref in s.depends_on else "when references"
+                raise FlowValidationError(f"step {s.id} {how} unknown step: {ref}", step=s.id, unknown=ref)
             if ref == s.id:
                 raise FlowValidationError(f"dependency cycle detected: {s.id} -> {s.id}", cycle=[s.id, s.id])
     cycle = find_cycle(steps)

@@ -179,7 +179,7 @@ class Reservations:
         if row is None:
             what = f"reservation_id {reservation_id}" if reservation_id is not None else f"run_key {run_key}"
             raise NotFound(
-                f"reservation not found: {what}",
+                f"Reservation not found: {what}",
                 **({"reservation_id": reservation_id} if reservation_id is not None else {"run_key": run_key}),
             )
         return row
@@ -216,7 +216,7 @@ class Reservations:
 
         validate_run_key(run_key)
         if not command:
-            raise UsageError("reserve requires a command after --")
+            raise UsageError("reserve requires command after --")
         start_options, option_env = split_env_options(start_options)
         env = {**option_env, **(env or {})}
         t = now()
@@ -291,7 +291,7 @@ class Reservations:
         if current["job_id"] is not None:
             return None
         raise CannotCancel(
-            f"cannot cancel reservation in status {current['status']} without job_id",
+            f"Cannot cancel reservation in status {current['status']} without job_id",
             reservation_id=current["reservation_id"],
             run_key=current["run_key"],
             reservation_status=current["status"],
@@ -311,14 +311,15 @@ class Reservations:
     ) -> dict[str, Any]:
         """Delete terminal reservations by the spec's selection rules (never RESERVED/DISPATCHING)."""
         if job_id is not None or reservation_id is not None:
-            if sum(x is not None for x in (job_id, reservation_id)) > 1 or (
-                before is not None or after is not None or all_ or run_key is not None
-            ):
-                raise UsageError("--job-id and --reservation-id cannot be combined with other selection options")
+            if job_id is not None and reservation_id is not None:
+                raise UsageError("--job-id and --reservation-id cannot be combined")
+            if before is not None or after is not None or all_ or run_key is not None:
+                option = "--job-id" if job_id is not None else "--reservation-id"
+                raise UsageError(f"{option} cannot be combined with --all, --before, --after, or --run-key")
             by_id = ("job_id = ?", [job_id]) if job_id is not None else ("reservation_id = ?", [reservation_id])
         else:
             if before is None and after is None and not all_:
-                raise UsageError("choose what to clean: --all, --job-id, --reservation-id, --before or --after")
+                raise UsageError("Specify --all, --job-id, --reservation-id, --before, or --after (what to clean)")
             by_id = (None, [])
         where, params = clean_selection(
             "updated_at",

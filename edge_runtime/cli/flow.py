@@ -8,7 +8,8 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError
-from .common import Parser, emit, run_cli, seconds_type, write_text
+from .common import Parser, run_cli, seconds_type, write_text
+from .common import emit_line as emit  # every command prints one line, as the public orchesjob-flow
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False

@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
         from .common import merge_env
 
         if not command:
-            raise UsageError("reserve requires a command after --, e.g. reserve --run-key K -- CMD ARGS")
+            raise UsageError("reserve requires command after --, e.g. reserve --run-key K -- CMD ARGS")
         from ..store import validate_run_key
 
         validate_run_key(args.run_key)
@@ -293,7 +293,7 @@ def main(argv: list[str]) -> int:
             from ..reservations import NotDispatched
 
             raise NotDispatched(
-                f"reservation has not been dispatched yet (status {row['status']}); job_id is not available",
+                f"Reservation has not been dispatched yet; job_id is not available (status {row['status']})",
                 reservation_id=row["reservation_id"],
                 run_key=row["run_key"],
                 reservation_status=row["status"],
