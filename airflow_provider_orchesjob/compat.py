@@ -91,6 +91,42 @@ def task_instance_state_sync(dag_id: str, task_id: str, run_id: str, map_index: 
         return row[0] if row else None
 
 
+# The XCom key under which a deferring try records its try number (Airflow 3), so that a
+# cancelled trigger can tell "my try still waits" from "a newer try (after a clear) waits".
+TRY_XCOM_KEY = "orchesjob_try"
+
+
+def task_instance_try_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> int | None:
+    """The try number of the task instance's current try, when it can be known (None otherwise).
+
+    Airflow 2.11: from the database. Airflow 3: the SDK has no task-instance read for
+    triggers, so the operators record it before deferring (XCom ``orchesjob_try``; a
+    new try starts with its task instance's XComs cleared).
+    """
+    map_index = -1 if map_index is None else map_index
+    if AIRFLOW_V3:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_one(key=TRY_XCOM_KEY, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+        return int(value) if value is not None else None
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(TaskInstance.try_number)
+            .filter_by(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+            .one_or_none()
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
+
+async def task_instance_try(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> int | None:
+    """:func:`task_instance_try_sync` from async code."""
+    return await run_sync(task_instance_try_sync, dag_id, task_id, run_id, map_index)
+
+
 async def task_instance_state(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> Any:
     """:func:`task_instance_state_sync` from async code (a trigger), the way each Airflow version supports."""
     return await run_sync(task_instance_state_sync, dag_id, task_id, run_id, map_index)
@@ -109,6 +145,9 @@ __all__ = [
     "TriggerEvent",
     "mask_secret",
     "run_sync",
+    "TRY_XCOM_KEY",
     "task_instance_state",
     "task_instance_state_sync",
+    "task_instance_try",
+    "task_instance_try_sync",
 ]

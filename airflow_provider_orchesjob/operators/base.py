@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..compat import AirflowException, BaseOperator, task_instance_state_sync
+from ..compat import AIRFLOW_V3, TRY_XCOM_KEY, AirflowException, BaseOperator, task_instance_state_sync
 from ..hooks.orchesjob import OrchesJobHook
 from ..utils.lifecycle import TERMINAL_FAILURES, is_user_kill, normalize_state, trigger_deadline
 from ..utils.run_key import run_key_from_context
@@ -106,6 +106,16 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
             ),
             "try_number": getattr(ti, "try_number", None),
         }
+
+    def record_try(self, context: Any) -> None:
+        """Airflow 3, before deferring: note this try's number where a cancelled trigger can read it."""
+        if not AIRFLOW_V3:
+            return  # Airflow 2.11 triggers read the try number from the database
+        ti = context["ti"]
+        try:
+            ti.xcom_push(key=TRY_XCOM_KEY, value=getattr(ti, "try_number", None))
+        except Exception as exc:  # noqa: BLE001 - only a refinement of the kill check
+            self.log.warning("could not record the try number: %s", exc)
 
     def task_run_key(self, context: Any, explicit: str | None = None) -> str:
         """``explicit`` (a templated parameter), else the task instance's key in the connection's namespace."""

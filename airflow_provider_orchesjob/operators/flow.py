@@ -68,6 +68,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         if started.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
             return self.finish(started)
         if self.deferrable:
+            self.record_try(context)
             self.defer(
                 trigger=OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs(context)),
                 method_name="execute_complete",

@@ -87,6 +87,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                           job["job_id"], job.get("attempt_no"), job["status"])  # fmt: skip
             job_id = job["job_id"]
         if self.deferrable:
+            self.record_try(context)
             trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
                                                   **self.trigger_kwargs(context))  # fmt: skip
             self.defer(trigger=trigger, method_name="execute_complete")

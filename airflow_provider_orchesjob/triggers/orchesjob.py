@@ -32,10 +32,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..compat import AIRFLOW_V3_3, BaseTrigger, TriggerEvent, run_sync, task_instance_state
+from ..compat import AIRFLOW_V3_3, BaseTrigger, TriggerEvent, run_sync, task_instance_state, task_instance_try
 from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotFound
 from ..hooks.batching import until_next_tick
-from ..utils.lifecycle import ACTIVE_JOB, is_user_kill, normalize_state, stop_reason, timeout_message
+from ..utils.lifecycle import (
+    ACTIVE_JOB,
+    is_user_kill,
+    normalize_state,
+    stop_reason,
+    timeout_message,
+    trigger_superseded,
+)
 
 __all__ = ["ACTIVE_JOB", "PENDING_RESERVATION", "OrchesJobTrigger", "OrchesJobReservationTrigger",
            "OrchesJobFlowTrigger", "chunk_bytes", "chunk_done"]  # fmt: skip
@@ -229,6 +236,11 @@ class _PollingTrigger(BaseTrigger):
         ti = self.task_instance
         return await task_instance_state(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
 
+    async def current_task_try(self) -> int | None:
+        """The task instance's current try number, when it can be known (see ``compat.task_instance_try``)."""
+        ti = self.task_instance
+        return await task_instance_try(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+
     async def _confirm_user_kill(self) -> bool:
         """Whether the task instance's state shows a person's action (never guessed: unknown means no)."""
         ti = getattr(self, "task_instance", None)
@@ -241,6 +253,16 @@ class _PollingTrigger(BaseTrigger):
             self.log.warning("cannot read the task's state (%s): not stopping the remote work", exc)
             return False
         killed = is_user_kill(state)
+        if not killed and normalize_state(state) == "deferred":
+            my_try = self.try_number if self.try_number is not None else getattr(ti, "try_number", None)
+            try:
+                current = await self.current_task_try()
+            except Exception as exc:  # noqa: BLE001 - an unknown try proves nothing
+                self.log.warning("cannot read the task's current try (%s)", exc)
+                current = None
+            killed = trigger_superseded(state, my_try, current)
+            if killed:
+                state = f"deferred in a newer try ({current}, this trigger's: {my_try})"
         self.log.info(
             "trigger cancelled; task %s.%s[%s] of %s is %s: %s",
             ti.dag_id, ti.task_id, getattr(ti, "map_index", -1), ti.run_id, normalize_state(state),

@@ -47,6 +47,14 @@ _USER_ACTION_STATES = frozenset(
 _NOT_USER_ACTION_STATES = frozenset({"deferred", "up_for_retry"})
 
 
+def trigger_superseded(state: Any, trigger_try: int | None, current_try: int | None) -> bool:
+    """A deferred task instance whose current try is newer than the trigger's: a user cleared the
+    task and the new try deferred before this trigger was cancelled. Unknown tries prove nothing."""
+    if normalize_state(state) != "deferred" or trigger_try is None or current_try is None:
+        return False
+    return current_try > trigger_try
+
+
 def normalize_state(state: Any) -> str:
     """A task-instance state as a lower-case name: ``TaskInstanceState.DEFERRED`` -> ``deferred``, None -> ``none``."""
     if state is None:

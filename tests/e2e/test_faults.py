@@ -272,3 +272,14 @@ def test_an_env_secret_reaches_the_command_and_nothing_else(e2e_conn, ssh_server
 
     rendered = json.dumps(RenderedTaskInstanceFields.get_templated_fields(ti), default=str)
     assert token not in rendered and "***" in rendered, "masked in the rendered fields"
+
+
+def test_a_deferring_try_records_its_try_number(e2e_conn):
+    # Read by a cancelled trigger to tell "my try still waits" from "a newer try waits" (Airflow 3).
+    from airflow_provider_orchesjob.compat import AIRFLOW_V3, TRY_XCOM_KEY
+
+    dr = run_job_dag("echo hi", f"try-{uuid.uuid4().hex[:8]}")
+    assert dr.state == "success"
+    ti = dr.get_task_instance("job")
+    recorded = ti.xcom_pull(task_ids="job", key=TRY_XCOM_KEY)
+    assert recorded == (ti.try_number if AIRFLOW_V3 else None)

@@ -134,16 +134,21 @@ class _TriggerSeeingState(OrchesJobTrigger):
     """The trigger with the task instance's state given by the test (no Airflow API server here)."""
 
     state_seen: object = None
+    try_seen: int | None = None  # the task instance's current try (None: unknown)
 
     async def current_task_state(self):
         return self.state_seen
 
+    async def current_task_try(self):
+        return self.try_seen
 
-def _trigger(conn_id, job, state):
+
+def _trigger(conn_id, job, state, current_try=None):
     trigger = _TriggerSeeingState(ssh_conn_id=conn_id, run_key=job["run_key"], job_id=job["job_id"],
                                   poll_interval=0.2, kill_grace=1, try_number=4)  # fmt: skip
     trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=3, try_number=4)
     trigger.state_seen = state
+    trigger.try_seen = current_try
     return trigger
 
 
@@ -159,7 +164,8 @@ def _cancel_then_kill(trigger):
 
 def test_a_trigger_that_moved_to_another_triggerer_stops_nothing(hook, conn_id):
     job = hook.start_job("moved", ["sleep", "30"])
-    _cancel_then_kill(_trigger(conn_id, job, "deferred"))
+    _cancel_then_kill(_trigger(conn_id, job, "deferred"))  # try unknown
+    _cancel_then_kill(_trigger(conn_id, job, "deferred", current_try=4))  # still this trigger's try
     assert hook.job_status(job_id=job["job_id"])["status"] == "RUNNING"
     hook.abort_job(job_id=job["job_id"], grace=1)
 
@@ -175,6 +181,14 @@ def test_a_trigger_whose_state_cannot_be_read_stops_nothing(hook, conn_id):
     _cancel_then_kill(trigger)
     assert hook.job_status(job_id=job["job_id"])["status"] == "RUNNING"
     hook.abort_job(job_id=job["job_id"], grace=1)
+
+
+def test_a_clear_whose_new_try_deferred_first_still_stops_the_job(hook, conn_id):
+    # Cleared, and the new try (5) reattached and deferred before this trigger (try 4) was cancelled.
+    job = hook.start_job("superseded", ["sleep", "30"])
+    _cancel_then_kill(_trigger(conn_id, job, "deferred", current_try=5))
+    final = wait_for(hook, job["job_id"], ("ABORTED",))
+    assert final["status"] == "ABORTED" and "[airflow try 4]" in final["abort_reason"]
 
 
 def test_a_user_kill_stops_the_job_naming_the_try(hook, conn_id):

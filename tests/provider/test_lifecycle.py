@@ -22,6 +22,7 @@ from airflow_provider_orchesjob.utils.lifecycle import (
     task_state_key,
     timeout_message,
     trigger_deadline,
+    trigger_superseded,
 )
 from airflow_provider_orchesjob.utils.run_key import run_key_for
 
@@ -66,6 +67,14 @@ def test_user_kill_decision_in_the_worker():
     assert is_user_kill("running", waiting_in="worker") is False
     assert is_user_kill("restarting", waiting_in="worker") is True  # cleared while running
     assert is_user_kill("failed", waiting_in="worker") is True
+
+
+def test_a_newer_deferred_try_supersedes_the_trigger():
+    assert trigger_superseded("deferred", 2, 3)  # cleared; the new try deferred before the old trigger ended
+    assert not trigger_superseded("deferred", 3, 3)  # the same try: the trigger moved
+    assert not trigger_superseded("deferred", 3, None)  # unknown proves nothing
+    assert not trigger_superseded("deferred", None, 3)
+    assert not trigger_superseded("running", 2, 3)  # not deferred: is_user_kill decides
 
 
 def test_mapped_task_instances_are_looked_up_by_their_own_key():
