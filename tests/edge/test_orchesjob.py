@@ -438,7 +438,7 @@ def test_unusable_home_is_a_json_error(runner, tmp_path):
     blocker.write_text("")
     env = dict(runner.env, ORCHESJOB_HOME=str(blocker / "home"))
     r = runner.oj("status", "--run-key", "x", env=env)
-    assert r.code == 1 and "cannot open database" in r.error["error"] and "Traceback" not in r.err
+    assert r.code == 1 and "cannot create state directory" in r.error["error"] and "Traceback" not in r.err
 
 
 def test_default_home_falls_back_to_user_dir(runner, tmp_path):
