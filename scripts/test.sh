@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (what CI runs): lint, then pytest with Airflow 3, then
-# the Airflow 2.11 environment. Extra arguments go to the main pytest run only
-# (and then the Airflow 2.11 run is skipped).
+# the Airflow 2.11 environment and the Airflow version matrix. Extra arguments go to the
+# main pytest run only (and then the Airflow 2.11 and matrix runs are skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -20,4 +20,6 @@ fi
 if [ $# -eq 0 ]; then
   echo "test.sh: Airflow 2.11 environment" >&2
   bash scripts/test_airflow2.sh || exit 1
+  echo "test.sh: Airflow version matrix (docs/AIRFLOW_VERSIONS.md)" >&2
+  bash scripts/test_matrix.sh || exit 1
 fi

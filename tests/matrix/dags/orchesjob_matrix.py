@@ -16,7 +16,11 @@ from airflow_provider_orchesjob.operators import OrchesJobStartOperator
 
 CONN_ID = os.environ.get("ORCHESJOB_MATRIX_SSH_CONN", "orchesjob_matrix")
 LOCAL_HOME = os.environ.get("ORCHESJOB_MATRIX_LOCAL_HOME")
-OK_COMMAND = "echo matrix-start; sleep 4; echo matrix-done"
+# Long enough that the scheduler has processed the deferring try's exit before the trigger fires:
+# Airflow 3.0.6 fails a task whose stale "success" event from deferring arrives after the resumed
+# try was queued (seen with a 4 s job: "finished with state success, but the task instance's state
+# attribute is queued"), an Airflow race, not the provider's.
+OK_COMMAND = "echo matrix-start; sleep 12; echo matrix-done"
 KILL_COMMAND = "echo matrix-start; sleep 600"
 
 with DAG(dag_id="orchesjob_matrix", start_date=datetime(2026, 1, 1), schedule=None, catchup=False) as dag:
