@@ -215,9 +215,12 @@ def reserve(
     metadata: Mapping | None = None,
     start_options: Sequence[str] = (),
     env_file: bool = False,
+    rearm: bool = False,
 ) -> list[str]:
     """``orchesjob-reserver reserve``; with ``env_file`` the job's environment is read from stdin
-    (``--env-file -``, the document of :func:`env_document`), stored apart and never printed."""
+    (``--env-file -``, the document of :func:`env_document`), stored apart and never printed;
+    ``rearm`` replaces a reservation that ended without dispatching a job (runtime capability
+    ``reserve-rearm``)."""
     argv = [RESERVER, "reserve", "--run-key", _check_text(run_key, "run key")]
     if (nb := time_arg(not_before)) is not None:
         argv += ["--not-before", nb]
@@ -227,6 +230,8 @@ def reserve(
         argv += ["--metadata-json", json.dumps(dict(metadata), sort_keys=True, default=str)]
     if env_file:
         argv += ["--env-file", "-"]
+    if rearm:
+        argv.append("--rearm")
     for option in start_options:
         argv.append(f"--orchesjob-start-option={option}")
     return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]

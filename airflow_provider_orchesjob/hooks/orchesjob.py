@@ -69,6 +69,7 @@ REQUIRED_CAPABILITIES = (
 # Optional capabilities that switch features on (checked where they are used).
 LIFECYCLE_V2 = "job-lifecycle-v2"  # ABORTING/CANCELLING, NEVER_LAUNCHED, LOST not retried, stop --wait
 ENV_FILE = "env-file"  # start --env-file - (environment as JSON on stdin)
+REARM = "reserve-rearm"  # orchesjob-reserver reserve --rearm
 LOCAL = "local"
 _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 # Hosts (hook.target_key()) where the runtime answered at least once in this process:
@@ -659,19 +660,25 @@ class OrchesJobHook(BaseHook):
         metadata: Mapping | None = None,
         start_options: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        rearm: bool = False,
     ) -> dict:
         """Store a reservation (idempotent per run key); the host dispatches it at/after ``not_before``.
 
         ``env`` travels on stdin (``--env-file -``) like :meth:`start_job`'s; the
-        host stores it apart from the reservation and never prints it.
+        host stores it apart from the reservation and never prints it. ``rearm``
+        replaces a reservation that ended without dispatching a job (CANCELLED,
+        EXPIRED, DISPATCH_FAILED) — what a cleared task needs; pending or dispatched
+        ones are returned untouched.
         """
+        if rearm:
+            self.require(REARM, "re-arming a reservation that ended without a job")
         stdin = None
         if env:
             self.require(ENV_FILE, "passing env without exposing it on the host's process list")
             stdin = commands.env_document(env)
         argv = commands.reserve(
             run_key, command, not_before=not_before, expires_at=expires_at, metadata=metadata,
-            start_options=start_options, env_file=stdin is not None,
+            start_options=start_options, env_file=stdin is not None, rearm=rearm,
         )  # fmt: skip
         return self.run_cli(argv, stdin=stdin)
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from ..compat import AirflowException
 from ..hooks.commands import number
+from ..hooks.orchesjob import REARM
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
-from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES
+from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES, is_user_clear
 from .job import OrchesJobStartOperator
 
 
@@ -65,11 +66,19 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         ti = context["ti"]
         metadata = self.metadata or {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
                                      "map_index": getattr(ti, "map_index", -1)}  # fmt: skip
+        # A user's clear of a task whose reservation was cancelled (its try was killed) or
+        # expired re-arms it; an automatic retry keeps the reservation's fate.
+        user_clear = is_user_clear(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries)
+        rearm = user_clear and REARM in self.hook.capabilities()
         out = self.hook.reserve(
             run_key, self.command, not_before=self.not_before, expires_at=self.expires_at, metadata=metadata,
-            start_options=self._start_options(), env=self.env,
+            start_options=self._start_options(), env=self.env, rearm=rearm,
         )  # fmt: skip
         res = out["reservation"]
+        if out.get("rearmed"):
+            self.log.warning("reservation %s had ended without a job; a user cleared the task: RE-ARMED it "
+                             "(%s, not before %s)", res["reservation_id"], res["reservation_status"],
+                             res.get("not_before_iso") or "now")  # fmt: skip
         self.log.info(
             "%s reservation %s (run key %s): %s, not before %s",
             "created" if out["created"] else "found existing", res["reservation_id"], run_key,

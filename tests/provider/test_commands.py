@@ -80,8 +80,9 @@ def test_reserve_argv_carries_metadata_and_options():
     argv = commands.reserve("r", ["x"], not_before=5, metadata={"dag_id": "d"}, start_options=["--strict"])
     assert argv[:6] == ["orchesjob-reserver", "reserve", "--run-key", "r", "--not-before", "5"]
     assert '{"dag_id": "d"}' in argv and "--orchesjob-start-option=--strict" in argv
-    argv = commands.reserve("r", ["x"], env_file=True)
+    argv = commands.reserve("r", ["x"], env_file=True, rearm=True)
     assert argv[argv.index("--env-file") + 1] == "-" and argv.index("--env-file") < argv.index("--")
+    assert argv.index("--rearm") < argv.index("--") and "--rearm" not in commands.reserve("r", ["x"])
 
 
 @pytest.mark.parametrize("word", NASTY)

@@ -78,3 +78,27 @@ def test_a_worker_shutting_down_leaves_the_reservation(local_env):
     op.on_kill()
     hook = OrchesJobHook(None, orchesjob_home=local_env)
     assert hook.reservation_status("kept")["reservation"]["reservation_status"] == "RESERVED"
+
+
+def _try_context(try_number, max_tries):
+    return {"ti": SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1, try_number=try_number,
+                                  max_tries=max_tries)}  # fmt: skip
+
+
+def test_a_cleared_task_rearms_its_cancelled_reservation_a_retry_does_not(local_env):
+    def operator(retries):
+        return OrchesJobReserveOperator(
+            task_id="reserve", ssh_conn_id=None, orchesjob_home=local_env, command=["true"], run_key="rearm",
+            not_before="2099-01-01T00:00:00Z", retries=retries,
+        )  # fmt: skip
+
+    hook = OrchesJobHook(None, orchesjob_home=local_env)
+    assert operator(1).execute(_try_context(1, 1))["reservation_status"] == "RESERVED"
+    hook.cancel_reservation("rearm")  # the try was killed
+    # An automatic retry (try 2 of retries=1, max_tries unchanged) keeps the reservation's fate.
+    assert operator(1).execute(_try_context(2, 1))["reservation_status"] == "CANCELLED"
+    # A user's clear (max_tries reset to try_number + retries) re-arms it.
+    res = operator(1).execute(_try_context(3, 3))
+    assert res["reservation_status"] == "RESERVED"
+    assert hook.reservation_status("rearm")["reservation"]["reservation_status"] == "RESERVED"
+    hook.cancel_reservation("rearm")
