@@ -147,11 +147,11 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"invalid --metadata-json: {exc}") from None
+        raise UsageError(f"Invalid metadata_json: must be valid JSON object (--metadata-json: {exc})") from None
     except RecursionError:
-        raise UsageError("invalid --metadata-json: nested too deeply") from None
+        raise UsageError("Invalid metadata_json: nested too deeply (--metadata-json)") from None
     if not isinstance(value, dict):
-        raise UsageError("invalid --metadata-json: must be a JSON object")
+        raise UsageError("Invalid metadata_json: must be a JSON object (--metadata-json)")
     return value
 
 
