@@ -57,6 +57,23 @@ class Parser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+class Deferred:
+    """A store opened at its first method *call*: after that call's arguments are evaluated
+    (and validated), so a call with bad input never creates or migrates a database."""
+
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._target: Any = None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._target is None:
+                self._target = self._opener()
+            return getattr(self._target, name)(*args, **kwargs)
+
+        return call
+
+
 def emit(obj: Any) -> None:
     """Print one JSON document on stdout, indented (the layout of orchesjob and orchesjob-reserver).
 

@@ -198,11 +198,16 @@ def main(argv: list[str]) -> int:
 
     from ..flow_engine import FlowStore
 
-    window = None
-    if args.cmd == "clean":  # validated before the database is opened: bad input writes nothing
+    # Validated before the database is opened: bad input writes nothing.
+    window = args.defn = None
+    if args.cmd == "clean":
         from .common import clean_window
 
         window = clean_window(args)
+    elif args.cmd in ("start", "repair") and args.flow_file:
+        from ..flow_definition import load
+
+        args.defn = load(args.flow_file)[0]
     flows = FlowStore(db_path(args), check_dir=not args.db)
     if window is not None:
         try:
@@ -228,18 +233,14 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
 
     cmd = args.cmd
     if cmd == "start":
-        from ..flow_definition import load
-
-        defn, _ = load(args.flow_file)
+        defn = args.defn
         source = "<stdin>" if args.flow_file == "-" else os.path.abspath(args.flow_file)
         state = flows.create_or_resume(defn, args.run_key, source, replace=args.replace_definition)
         return _run_or_detach(args, flows, client, state)
     if cmd == "repair":
         defn = source = None
         if args.flow_file:
-            from ..flow_definition import load
-
-            defn, _ = load(args.flow_file)
+            defn = args.defn
             source = "<stdin>" if args.flow_file == "-" else os.path.abspath(args.flow_file)
         elif args.replace_definition:
             raise UsageError("--replace-definition needs FLOW_FILE")

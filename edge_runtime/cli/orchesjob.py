@@ -8,7 +8,16 @@ import sys
 from .. import __version__
 from ..errors import UsageError
 from ..timefmt import parse_duration, parse_seconds
-from .common import Parser, add_clean_options, clean_window, emit, merge_env, read_json_input, run_cli
+from .common import (
+    Deferred,
+    Parser,
+    add_clean_options,
+    clean_window,
+    emit,
+    merge_env,
+    read_json_input,
+    run_cli,
+)
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -223,7 +232,8 @@ def main(argv: list[str]) -> int:
 
     from ..jobs import open_jobs
 
-    jobs = open_jobs()
+    # Opened at the first call, after its arguments are validated: bad input writes nothing.
+    jobs = Deferred(open_jobs)
     cmd = args.cmd
     if cmd == "start":
         # `--` is optional (spec): the first word that is not an option starts the command.

@@ -246,3 +246,22 @@ def test_flow_durations_are_bounded(primed, tmp_path):
     inf = '{"flow_id": "b", "steps": [{"id": "a", "timeout_sec": 1e400, "command": ["true"]}]}'
     refused(primed, FLOW, "start", "--run-key", "b", "-", input=inf)
     assert primed.run(FLOW, "status", "--run-key", "b").code == 2
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("orchesjob", ("start", "--run-key", "k", "--timeout", "10000000d", "--", "true")),
+    ("orchesjob", ("unlock", "--run-key", "k", "--ttl", "3000000d")),
+    ("orchesjob", ("clean", "--before", str(int(time.time() * 1000)))),
+    ("orchesjob", ("status", "--batch", "-")),
+    ("orchesjob", ("abort", "--run-key", "k", "--grace-seconds", "inf")),
+    (RES, ("reserve", "--run-key", "k", "--not-before", str(int(time.time() * 1000)), "--", "true")),
+    (RES, ("list", "--limit", "9" * 30)),
+    (RES, ("clean", "--older-than", "soon")),
+    (FLOW, ("start", "--run-key", "k", "-")),
+    (FLOW, ("clean", "--older-than", "0s")),
+])  # fmt: skip
+def test_bad_input_on_a_fresh_home_creates_nothing(runner, tool, args):
+    r = runner.run(tool, *args, input="[[[")
+    assert r.code == 2, (r.code, r.err)
+    assert r.error["error_type"] in ("invalid_arguments", "invalid_flow")
+    assert not os.path.exists(runner.home), os.listdir(runner.home)
