@@ -525,7 +525,9 @@ class Jobs:
                 gone = self._delete_jobs_locked(db, rows[i : i + CLEAN_BATCH], forget_keys)
             deleted += len(gone)
             for r in gone:
-                for path in (r["stdout_file"], r["stderr_file"]):
+                # Logs, and an outcome record a crash may have left (the database already holds it).
+                record = lifecycle.outcome_path(r)
+                for path in (r["stdout_file"], r["stderr_file"], record, record + ".tmp"):
                     try:
                         os.unlink(path)
                     except FileNotFoundError:

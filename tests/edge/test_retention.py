@@ -234,3 +234,15 @@ def test_older_than_on_every_clean_help():
     for tool in ("orchesjob", RES, FLOW):
         text = subprocess.run([cli_path(tool), "clean", "--help"], capture_output=True, text=True).stdout
         assert "--older-than" in text, tool
+
+
+def test_clean_removes_a_leftover_outcome_record_with_the_logs(runner):
+    job = runner.ok("start", "--run-key", "k", "--sync", "--", "sh", "-c", "echo out")
+    logs = os.path.dirname(job["stdout_file"])
+    record = os.path.join(logs, job["job_id"] + ".outcome")
+    with open(record, "w") as f:
+        f.write("{}")  # what a supervisor killed after its database write may leave
+    other = runner.ok("start", "--run-key", "other", "--sync", "--", "true")
+    assert runner.ok("clean", "--run-key", "k", "--all")["deleted"] == 1
+    assert not any(name.startswith(job["job_id"]) for name in os.listdir(logs))
+    assert os.path.exists(other["stdout_file"])
