@@ -90,9 +90,9 @@ def parse_datetime(text: str, option: str = "datetime") -> float:
         value = float(s)
         if abs(value) >= _MILLIS_FROM:
             digits = len(s.lstrip("+-").split(".")[0])
-            unit = "milliseconds" if digits <= 13 else "microseconds or nanoseconds"
+            unit = "milliseconds (e.g. `date +%s%3N`)" if digits <= 13 else "microseconds or nanoseconds"
             raise UsageError(
-                f"{option}: {text!r} looks like {unit} since the epoch (e.g. `date +%s%3N`); give seconds "
+                f"{option}: {text!r} looks like {unit} since the epoch; give seconds "
                 "(`date +%s`, fractions allowed) or ISO 8601 such as 2026-05-04T03:00:00+09:00",
                 value=text,
             )
