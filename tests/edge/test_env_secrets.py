@@ -166,3 +166,27 @@ def test_help_documents_env_file():
     for tool, args in (("orchesjob", ["start", "--help"]), (RES, ["reserve", "--help"])):
         text = subprocess.run([cli_path(tool), *args], capture_output=True, text=True).stdout
         assert "--env-file" in text and "stdin" in text
+
+
+def test_reservation_stored_by_an_older_release_shows_keys_only_and_dispatches_its_env(runner):
+    # Earlier versions kept `--env=K=V` inside the start options (and printed them).
+    runner.ok("reserve", "--run-key", "old", "--", "sh", "-c", 'echo "$TOKEN"', tool=RES)
+    import sqlite3
+
+    db = sqlite3.connect(os.path.join(runner.home, "reserver.sqlite3"))
+    db.execute(
+        "UPDATE reservations SET start_options = ?, env = NULL WHERE run_key = 'old'",
+        (json.dumps([f"--env=TOKEN={SECRET}", "--timeout=1h"]),),
+    )
+    db.commit()
+    db.close()
+    shown = runner.run(RES, "status", "--run-key", "old")
+    assert shown.code == 0 and SECRET not in shown.out
+    assert shown.json["reservation"]["env_keys"] == ["TOKEN"]
+    assert shown.json["reservation"]["orchesjob_start_options"] == ["--timeout=1h"]
+    d = runner.run(RES, "run", "--once")
+    assert d.code == 0 and SECRET not in d.out + d.err
+    job_id = runner.ok("status", "--run-key", "old", tool=RES)["reservation"]["job_id"]
+    job = wait_until(lambda: (j := runner.ok("status", "--job-id", job_id))["status"] == "SUCCEEDED" and j)
+    with open(job["stdout_file"]) as f:
+        assert f.read().strip() == SECRET
