@@ -24,9 +24,14 @@ def fingerprint(pub: str) -> str:
 def test_h_rotating_the_connection_key_while_deferred(dep):
     server = dep.ssh_server
     counter = dep.counter(f"h-{uuid.uuid4().hex[:6]}")
-    run_id = dep.trigger(DAG, {"command": f'run() {{ echo "$1" >> {counter}; sleep 25; }}; run'})
+    run_id = dep.trigger(DAG, {"command": f'run() {{ echo "$1" >> {counter}; echo "polled-$1"; sleep 25; }}; run'})
     dep.wait_ti_state(DAG, run_id, ("deferred",), 120, count=3)
     wait_for("the three remote jobs running", lambda: len(dep.host_lines(counter)) == 3, 60)
+
+    def polling() -> bool:  # every trigger is connected with the old key and has streamed output
+        return all(f"polled-{i}" in dep.task_log(DAG, run_id, f"job{i}", 1) for i in range(3))
+
+    wait_for("the three triggers polling the host", polling, 60, 1.0)
 
     new_key = os.path.join(server.workdir, f"rotated_{uuid.uuid4().hex[:6]}")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", new_key, "-C", "rotated"], check=True)
