@@ -146,7 +146,7 @@ def parse_seconds(text: str, option: str, *, allow_zero: bool = True) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"{option}: expected a number of seconds, got {text!r}") from None
+        raise UsageError(f"argument {option}: invalid float value: {text!r} (expected a number of seconds)") from None
     if value != value or value < 0 or (value == 0 and not allow_zero):
         raise UsageError(f"{option}: must be {'>= 0' if allow_zero else '> 0'}, got {text!r}")
     if value > MAX_DURATION_S:

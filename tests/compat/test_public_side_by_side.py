@@ -133,6 +133,13 @@ def test_orchesjob_error_messages_keep_the_public_phrases(sides):
                 (("clean", "--job-id", "x", "--all"),
                  ["--job-id cannot be combined with --before, --after, --all, or --run-key"]),
                 (("clean", "--all", "--before", "2020-01-01"), ["--all cannot be combined with --before or --after"]),
+                (("abort", "--run-key", "active", "--grace-seconds", "abc"),
+                 ["argument --grace-seconds: invalid float value: 'abc'"]),
+                (("start", "--run-key", "t", "--start-timeout", "x", "--", "true"),
+                 ["argument --start-timeout: invalid float value: 'x'"]),
+                (("abort",), ["one of the arguments --run-key --job-id is required"]),
+                (("unlock",), ["the following arguments are required: --run-key"]),
+                (("logs", "--job-id", "../x"), ["Invalid job_id: contains path separator"]),
             ],
         )  # fmt: skip
         assert problems == []
