@@ -254,3 +254,17 @@ def test_reservation_and_flow_polls_of_one_host_share_one_session(hook, conn_id,
     assert batcher.commands_run == 1 + 8  # the first poll, then 9 polls: the two identical ones ran once
     for key in keys:
         hook.cancel_reservation(key)
+
+
+@pytest.mark.slow
+def test_a_database_lock_timeout_is_retried(hook, ssh_server):
+    home = hook.runtime_info()["orchesjob_home"]
+    db = f"{home}/orchesjob.db"
+    # Another process holds the write lock for longer than the runtime's 30 s busy timeout.
+    holder = (f"nohup python3 -c \"import sqlite3,time; c=sqlite3.connect('{db}', isolation_level=None); "
+              f"c.execute('BEGIN IMMEDIATE'); time.sleep(34)\" > /dev/null 2>&1 &")  # fmt: skip
+    assert ssh_server.ssh(holder).returncode == 0
+    time.sleep(1)
+    t0 = time.monotonic()
+    job = hook.start_job("after-lock", ["true"], sync=True)  # exit 5 once, then resent
+    assert job["status"] == "SUCCEEDED" and time.monotonic() - t0 > 30
