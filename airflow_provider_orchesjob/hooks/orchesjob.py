@@ -423,6 +423,8 @@ class OrchesJobHook(BaseHook):
     def capabilities(self) -> set[str]:
         """The capabilities the host's runtime advertises (``orchesjob info``; asked once per hook)."""
         if self._capabilities is None:
+            self._ensure_compatible(self.get_conn())  # its `info` call records them
+        if self._capabilities is None:
             self._capabilities = set(self.runtime_info().get("capabilities", []))
         return self._capabilities
 
