@@ -69,7 +69,7 @@ class Deployment:
 
     def start(self, name: str, *args: str) -> None:
         log = os.path.join(self.home, f"{name}.log")
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             self.procs[name] = subprocess.Popen(
                 [os.path.join(BIN, "airflow"), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -112,28 +112,55 @@ class Deployment:
         finally:
             con.close()
 
-    def ti(self, task_id: str) -> dict:
+    def ti(self, task_id: str, *, dag_id: str = DAG_ID, run_id: str | None = None, map_index: int = -1) -> dict:
         rows = self.query(
-            "SELECT state, try_number, next_method FROM task_instance WHERE dag_id=? AND task_id=? AND run_id=?",
-            DAG_ID, task_id, self.run_id,
+            "SELECT state, try_number, next_method FROM task_instance "
+            "WHERE dag_id=? AND task_id=? AND run_id=? AND map_index=?",
+            dag_id, task_id, run_id or self.run_id, map_index,
         )  # fmt: skip
         if not rows:
             return {"state": None}
         state, try_number, next_method = rows[0]
         return {"state": state, "try_number": try_number, "next_method": next_method}
 
-    def mark_failed(self, task_id: str) -> None:
+    def mark_failed(self, task_id: str, *, dag_id: str = DAG_ID, run_id: str | None = None, map_index: int = -1):
         """The state change the UI's / REST API's "mark failed" makes to a task instance."""
         con = sqlite3.connect(self.db, timeout=30)
         try:
             with con:
                 con.execute(
                     "UPDATE task_instance SET state='failed', end_date=CURRENT_TIMESTAMP "
-                    "WHERE dag_id=? AND task_id=? AND run_id=?",
-                    (DAG_ID, task_id, self.run_id),
+                    "WHERE dag_id=? AND task_id=? AND run_id=? AND map_index=?",
+                    (dag_id, task_id, run_id or self.run_id, map_index),
                 )
         finally:
             con.close()
+
+    def trigger(self, dag_id: str) -> str:
+        run_id = "matrix-" + uuid.uuid4().hex[:8]
+        self.airflow("dags", "trigger", dag_id, "--run-id", run_id)
+        return run_id
+
+    def restart(self, name: str, *args: str, timeout: float = 60) -> float:
+        """Stop a process the way a service manager does (SIGTERM, then wait), start it again;
+        returns how long it was down."""
+        p = self.procs[name]
+        down = time.monotonic()
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        with open(self.logs[name], "a") as f:
+            f.write(f"\n===== restarted (exit {p.returncode}) =====\n")
+        log = self.logs[name]
+        with open(log, "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [os.path.join(BIN, "airflow"), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        return time.monotonic() - down
 
     def task_log(self, task_id: str) -> str:
         """Every task log file of the task in this run (all tries), concatenated."""
@@ -214,8 +241,7 @@ def deployment(ssh_server):
                     "--host", "127.0.0.1")  # fmt: skip
         d.start("triggerer", "triggerer")
         d.start("scheduler", "scheduler")
-        d.run_id = "matrix-" + uuid.uuid4().hex[:8]
-        d.airflow("dags", "trigger", DAG_ID, "--run-id", d.run_id)
+        d.run_id = d.trigger(DAG_ID)
         note(f"deployment up (migrate, connection, serialize, processes, trigger) in {time.monotonic() - started:.0f}s")
         yield d
     finally:

@@ -24,9 +24,11 @@ ACTIVE = ("STARTING", "RUNNING", "ABORTING", "CANCELLING")  # the host's active 
 STOP_WITHIN = 45  # seconds from "mark failed" to the remote job ABORTED (includes the triggerer's reload)
 
 
-def host_jobs(d: Deployment, ssh_server, transport: str, task_id: str) -> list[dict]:
+def host_jobs(
+    d: Deployment, ssh_server, transport: str, task_id: str, *, dag_id=DAG_ID, run_id=None, map_index=-1
+) -> list[dict]:
     """Every attempt recorded on the host for the task instance's run key, newest first."""
-    key = run_key_for(DAG_ID, task_id, d.run_id)
+    key = run_key_for(dag_id, task_id, run_id or d.run_id, map_index)
     if transport == "ssh":
         r = ssh_server.ssh(f"ORCHESJOB_HOME={d.edge_home} ~/.local/bin/orchesjob status --run-key '{key}' --all")
     else:
@@ -97,3 +99,34 @@ def test_marking_a_deferred_task_failed_stops_its_remote_job(deployment, ssh_ser
     note(f"{task_id}: remote job {jobs[0]['status']} {time.monotonic() - marked:.1f}s after mark-failed")
     assert [j["status"] for j in jobs] == ["ABORTED"], jobs
     assert d.ti(task_id)["state"] == "failed"
+
+
+def test_triggerer_restart_stops_only_the_mapped_job_a_user_killed(deployment, ssh_server):
+    """A cancelled trigger is not a kill: the 3.0-3.2 fallback must look the state up under the
+    mapped task instance's key, and a triggerer stopping (as a service manager stops it) must
+    leave the other jobs running for the next triggerer to pick up."""
+    d, dag_id, task_id = deployment, "orchesjob_matrix_mapped", "mapped"
+    run_id = d.trigger(dag_id)
+    where = {"dag_id": dag_id, "run_id": run_id}
+
+    def jobs(i: int) -> list[str]:
+        return [j["status"] for j in host_jobs(d, ssh_server, "ssh", task_id, map_index=i, **where)]
+
+    for i in (0, 1):
+        wait_for(f"map index {i} deferred", lambda i=i: d.ti(task_id, map_index=i, **where)["state"] == "deferred",
+                 180, d)  # fmt: skip
+        wait_for(f"map index {i}'s job running", lambda i=i: jobs(i) == ["RUNNING"], 60, d)
+    d.mark_failed(task_id, map_index=0, **where)
+    wait_for("map index 0's job stopped", lambda: jobs(0) and jobs(0)[0] not in ACTIVE, STOP_WITHIN, d)
+    assert jobs(0) == ["ABORTED"]
+    assert jobs(1) == ["RUNNING"], "stopping the job of map index 0 touched map index 1's"
+
+    down = d.restart("triggerer", "triggerer")
+    note(f"triggerer restarted (SIGTERM, wait, start) in {down:.1f}s")
+    assert jobs(1) == ["RUNNING"], f"the triggerer's stop aborted a job nobody killed: {jobs(1)}"
+    finished = ("success", "failed")
+    state = wait_for(
+        "map index 1 finished", lambda: (s := d.ti(task_id, map_index=1, **where)["state"]) in finished and s, 150, d
+    )
+    assert state == "success", d.ti(task_id, map_index=1, **where)
+    assert jobs(1) == ["SUCCEEDED"], "exactly one execution, never stopped"

@@ -32,3 +32,11 @@ with DAG(dag_id="orchesjob_matrix", start_date=datetime(2026, 1, 1), schedule=No
             OrchesJobStartOperator(
                 task_id=f"{transport}_{kind}", command=command, poll_interval=1.0, kill_grace=1.0, **edge
             )
+
+# Triggered by its own test: a mapped task on the real sshd. One map index is marked failed
+# (only its job stops); then the triggerer is restarted, which cancels the other's trigger
+# without any user action: that job must keep running and the task succeed on the new triggerer.
+with DAG(dag_id="orchesjob_matrix_mapped", start_date=datetime(2026, 1, 1), schedule=None, catchup=False) as mapped_dag:
+    OrchesJobStartOperator.partial(task_id="mapped", ssh_conn_id=CONN_ID, poll_interval=1.0, kill_grace=1.0).expand(
+        command=[f"echo map-{i}; sleep 45; echo map-{i}-done" for i in range(2)]
+    )
