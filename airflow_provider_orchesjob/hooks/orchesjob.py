@@ -240,14 +240,23 @@ class OrchesJobHook(BaseHook):
     # ------------------------------------------------------------- plumbing
     def ssh_config(self) -> SSHConfig:
         if self._config is None:
-            conn = self.get_connection(self.ssh_conn_id)
-            cfg = SSHConfig.from_connection(conn, host=self.remote_host)
-            if self.orchesjob_home:
-                cfg.edge.orchesjob_home = self.orchesjob_home
-            if self.bin_dir:
-                cfg.edge.bin_dir = self.bin_dir
-            self._config = cfg
+            self._config = self.load_ssh_config()
         return self._config
+
+    def load_ssh_config(self) -> SSHConfig:
+        """The connection's SSH settings, read afresh (``ssh_config`` caches them)."""
+        conn = self.get_connection(self.ssh_conn_id)
+        cfg = SSHConfig.from_connection(conn, host=self.remote_host)
+        if self.orchesjob_home:
+            cfg.edge.orchesjob_home = self.orchesjob_home
+        if self.bin_dir:
+            cfg.edge.bin_dir = self.bin_dir
+        return cfg
+
+    async def areload_ssh_config(self) -> SSHConfig:
+        """:meth:`load_ssh_config` from async code: a reconnect uses the connection as it is now
+        (e.g. after its key was rotated while tasks were deferred)."""
+        return await run_sync(self.load_ssh_config)
 
     def _local_edge(self) -> EdgeSettings:
         return EdgeSettings(orchesjob_home=self.orchesjob_home, bin_dir=self.bin_dir)
@@ -265,7 +274,7 @@ class OrchesJobHook(BaseHook):
             self._async = (
                 LocalTransport(self._local_edge())
                 if self.transport_kind == LOCAL
-                else AsyncSSHTransport(self.ssh_config())
+                else AsyncSSHTransport(self.ssh_config(), reload_config=self.areload_ssh_config)
             )
         return self._async
 

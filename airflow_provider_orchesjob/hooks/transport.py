@@ -18,6 +18,7 @@ whether the command may have reached the host.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import select
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -314,11 +315,12 @@ class _SharedConnection:
     """One asyncssh connection, reconnected on demand, shared by all users of a key."""
 
     def __init__(self, config: SSHConfig) -> None:
-        import logging
-
         # asyncssh logs every channel at INFO: one line per poll per trigger is noise.
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
         self.config = config
+        # Set by the transports that use this connection: reads the Airflow connection
+        # again, so a reconnect picks up rotated credentials.
+        self.reload_config: Callable[[], Awaitable[SSHConfig]] | None = None
         self.conn: Any = None
         self.lock = asyncio.Lock()
         self.sessions = asyncio.Semaphore(max(1, config.max_sessions))
@@ -342,6 +344,11 @@ class _SharedConnection:
                 return self.conn
             import asyncssh
 
+            if self.connects and self.reload_config is not None:
+                try:
+                    self.config = await self.reload_config()
+                except Exception as exc:  # noqa: BLE001 - reconnect with what we have
+                    logging.getLogger(__name__).warning("could not re-read the connection (%s)", exc)
             cfg = self.config
             kwargs: dict[str, Any] = {
                 "host": cfg.host,
@@ -402,9 +409,10 @@ def shared_connection(config: SSHConfig) -> _SharedConnection:
 class AsyncSSHTransport:
     """asyncssh transport over the per-process shared connection."""
 
-    def __init__(self, config: SSHConfig) -> None:
+    def __init__(self, config: SSHConfig, reload_config: Callable[[], Awaitable[SSHConfig]] | None = None) -> None:
         self.config = config
         self.host_id = config.host_id
+        self.reload_config = reload_config
 
     async def arun(
         self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None
@@ -416,6 +424,8 @@ class AsyncSSHTransport:
         import asyncssh
 
         shared = shared_connection(self.config)
+        if shared.reload_config is None:
+            shared.reload_config = self.reload_config
         conn = await shared.get()
         async with shared.sessions:
             try:

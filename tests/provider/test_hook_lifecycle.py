@@ -268,3 +268,34 @@ def test_a_database_lock_timeout_is_retried(hook, ssh_server):
     t0 = time.monotonic()
     job = hook.start_job("after-lock", ["true"], sync=True)  # exit 5 once, then resent
     assert job["status"] == "SUCCEEDED" and time.monotonic() - t0 > 30
+
+
+def test_a_reconnect_uses_the_rotated_key(conn_id, ssh_server, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    new_key = str(tmp_path / "rotated_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", new_key], check=True)
+    os.chmod(tmp_path, 0o755)
+    auth = os.path.join(ssh_server.workdir, "authorized_keys")
+    saved = auth + ".saved"
+    shutil.copy(auth, saved)
+    home = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])["extra"]["orchesjob_home"]
+
+    async def two_polls():
+        hook = OrchesJobHook(conn_id)
+        before = await hook.arun_cli(["orchesjob", "info"])
+        # The operator's rotation: the connection names the new key, the old one is revoked,
+        # live connections drop.
+        set_connection(conn_id, ssh_server, orchesjob_home=home, key_file=new_key)
+        shutil.copy(new_key + ".pub", auth)
+        ssh_server.kill_sessions()
+        after = await OrchesJobHook(conn_id).arun_cli(["orchesjob", "info"])
+        return before, after
+
+    try:
+        before, after = asyncio.run(two_polls())
+    finally:
+        shutil.copy(saved, auth)
+    assert before["orchesjob_home"] == after["orchesjob_home"] == home
