@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from ..compat import AIRFLOW_V3, TRY_XCOM_KEY, AirflowException, BaseOperator, task_instance_state_sync
@@ -15,6 +16,9 @@ from ..utils.run_key import run_key_from_context
 __all__ = ["TERMINAL_FAILURES", "EdgeConnectionMixin", "OrchesJobBaseOperator", "tail"]
 
 STATE_LOOKUP_TIMEOUT = 10.0  # seconds on_kill waits to learn whether a person killed the task
+# Airflow's own trigger timeout, past the trigger's deadline: only if the trigger could not act
+# (e.g. no triggerer running); the trigger's deadline stops the remote work and reports first.
+DEADLINE_BACKSTOP = 120.0
 
 
 def tail(text: str, lines: int = 20) -> str:
@@ -106,6 +110,15 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
             ),
             "try_number": getattr(ti, "try_number", None),
         }
+
+    def defer_to(self, context: Any, trigger: Any) -> None:
+        """Defer to ``trigger`` (resuming in ``execute_complete``), with Airflow's trigger timeout as a
+        backstop behind the trigger's own deadline."""
+        self.record_try(context)
+        timeout = None
+        if getattr(trigger, "deadline", None) is not None:
+            timeout = timedelta(seconds=max(0.0, trigger.deadline - time.time()) + DEADLINE_BACKSTOP)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timeout)
 
     def record_try(self, context: Any) -> None:
         """Airflow 3, before deferring: note this try's number where a cancelled trigger can read it."""

@@ -68,11 +68,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         if started.get("status") in ("SUCCEEDED", "FAILED", "CANCELLED"):
             return self.finish(started)
         if self.deferrable:
-            self.record_try(context)
-            self.defer(
-                trigger=OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs(context)),
-                method_name="execute_complete",
-            )
+            self.defer_to(context, OrchesJobFlowTrigger(flow_run_key=run_key, **self.trigger_kwargs(context)))
         return self._poll_in_worker(run_key)
 
     def _poll_in_worker(self, run_key: str) -> Any:

@@ -110,11 +110,8 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         if job["status"] not in ACTIVE_JOB:
             return self.conclude(context, job, self._stderr_tail(job))
         if self.deferrable:
-            self.record_try(context)
-            self.defer(
-                trigger=OrchesJobTrigger(run_key=self.run_key, job_id=job["job_id"], **self.trigger_kwargs(context)),
-                method_name="execute_complete",
-            )
+            trigger = OrchesJobTrigger(run_key=self.run_key, job_id=job["job_id"], **self.trigger_kwargs(context))
+            self.defer_to(context, trigger)
         return self._poll_in_worker(context, job["job_id"])
 
     # ------------------------------------------------------------ starting

@@ -96,10 +96,9 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                           job["job_id"], job.get("attempt_no"), job["status"])  # fmt: skip
             job_id = job["job_id"]
         if self.deferrable:
-            self.record_try(context)
             trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
                                                   **self.trigger_kwargs(context))  # fmt: skip
-            self.defer(trigger=trigger, method_name="execute_complete")
+            self.defer_to(context, trigger)
         return self._wait_in_worker(context, run_key, job_id)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
