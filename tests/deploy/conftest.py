@@ -12,12 +12,25 @@ import pytest
 
 from tests.conftest import require
 
+MODULE_ORDER = [
+    "test_baseline",
+    "test_triggerer_faults",
+    "test_worker_faults",
+    "test_user_actions",
+    "test_reservation_flow",
+    "test_timeouts",
+    "test_key_rotation",
+]
+
 
 def pytest_collection_modifyitems(config, items):
     # Run the deployment scenarios (marked ``deploy`` in their modules) last: the deployment then never
     # competes with the other tests for CPU, and it is torn down (session teardown) right after them.
+    # Key rotation goes last: it changes the connection that every other scenario uses.
     deploy = [i for i in items if "tests/deploy/" in str(i.fspath).replace(os.sep, "/")]
-    items[:] = [i for i in items if i not in deploy] + deploy
+    deploy.sort(key=lambda i: MODULE_ORDER.index(i.module.__name__.rsplit(".", 1)[-1]))
+    ids = {id(i) for i in deploy}
+    items[:] = [i for i in items if id(i) not in ids] + deploy
 
 
 @pytest.fixture(scope="session")

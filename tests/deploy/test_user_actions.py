@@ -78,11 +78,6 @@ def test_d_mark_failed_and_clear_a_deferred_task_stop_the_remote_job(dep):
     assert dep.host_lines(c2) == ["run", "run"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: a cleared task whose job SUCCEEDED adopts the old success (reuse_policy failed-only) "
-    "instead of running again; the user-clear vs automatic-retry rule is not implemented yet (issue 11)",
-)
 def test_e_user_clearing_a_succeeded_task_runs_it_again(dep):
     counter = dep.counter(f"e-clear-{uuid.uuid4().hex[:6]}")
     run_id = dep.trigger(DAG, {"command": f"echo run >> {counter}"})
