@@ -248,6 +248,7 @@ class Jobs:
         out: dict[str, Any] = {"reason": rk["unlock_reason"]}
         with_iso(out, "allowed_at", rk["unlock_at"])
         with_iso(out, "expires_at", rk["unlock_expires_at"])
+        with_iso(out, "used_at", None)  # a pending override is unused by definition (public field)
         return out
 
     def status_many(self, run_keys: Iterable[str] = (), job_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -289,7 +290,12 @@ class Jobs:
         marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
         rows = self.store.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY started_at", ACTIVE_JOB_STATUSES)
         judged = (self._judge(r) for r in rows)
-        return [job_json(r) for r in judged if r["status"] in ACTIVE_JOB_STATUSES]
+        # strict_override on each entry, as the public release's `status --running` prints it
+        return [
+            dict(job_json(r), strict_override=self._override(r["run_key"]))
+            for r in judged
+            if r["status"] in ACTIVE_JOB_STATUSES
+        ]
 
     def first_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
         """The status of the first job of ``run_key`` started at or after ``since``, if any.

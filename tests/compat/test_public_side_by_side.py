@@ -336,3 +336,46 @@ def test_output_layout_per_command_matches(sides, tmp_path):
     assert {layout for tool, _, layout in layouts["ours"] if tool == "orchesjob-flow"} == {"one line"}
     assert {layout for tool, _, layout in layouts["ours"] if tool != "orchesjob-flow"} == {"indented", "empty"}
     assert layouts["ours"] == layouts["public"]
+
+
+def _fields(doc, path: str = "") -> set[str]:
+    """Every key path of a JSON document (list entries merged), e.g. ``strict_override.used_at``."""
+    out: set[str] = set()
+    if isinstance(doc, list):
+        for entry in doc:
+            out |= _fields(entry, path)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            out.add(path + key)
+            out |= _fields(value, f"{path}{key}.")
+    return out
+
+
+def test_orchesjob_json_carries_every_public_field(sides):
+    """A script reading a field of the public release's JSON finds it in ours (ours may add more)."""
+    commands = [
+        ("start", "--run-key", "J", "--sync", "--", "true"),
+        ("unlock", "--run-key", "J", "--reason", "r", "--ttl", "1h"),
+        ("status", "--run-key", "J"),
+        ("status", "--run-key", "J", "--all"),
+        ("start", "--run-key", "J", "--sync", "--strict", "--", "true"),
+        ("rerun", "--run-key", "J", "--sync", "--reason", "again"),
+        ("start", "--run-key", "A", "--", "sleep", "60"),
+        ("status", "--running"),
+        ("abort", "--run-key", "A", "--reason", "stop", "--grace-seconds", "0"),
+        ("clean", "--all", "--run-key", "J", "--dry-run"),
+        ("clean", "--all"),
+    ]
+    missing = {}
+    for args in commands:
+        docs = {}
+        for side in sides:
+            if args == ("status", "--running") or args[0] == "abort":
+                _wait_running(side, "A")
+            docs[side.name] = side.ok("orchesjob", *args)
+        public_fields = _fields(docs["public"])
+        assert public_fields, args  # the scenario produced something to compare
+        gap = public_fields - _fields(docs["ours"])
+        if gap:
+            missing[" ".join(args[:3])] = sorted(gap)
+    assert missing == {}
