@@ -351,6 +351,25 @@ def _fields(doc, path: str = "") -> set[str]:
     return out
 
 
+def _types(doc, path: str = "", out: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """JSON type names seen at each key path (nulls left out: a field may be null in one run only)."""
+    out = {} if out is None else out
+    if isinstance(doc, list):
+        for entry in doc:
+            _types(entry, path, out)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            if value is not None:
+                out.setdefault(path + key, set()).add(type(value).__name__)
+            _types(value, f"{path}{key}.", out)
+    return out
+
+
+def _type_mismatches(public, ours) -> dict[str, tuple]:
+    pt, ot = _types(public), _types(ours)
+    return {k: (pt[k], ot[k]) for k in pt.keys() & ot.keys() if pt[k] != ot[k]}
+
+
 def test_orchesjob_json_carries_every_public_field(sides):
     """A script reading a field of the public release's JSON finds it in ours (ours may add more)."""
     commands = [
@@ -378,6 +397,7 @@ def test_orchesjob_json_carries_every_public_field(sides):
         gap = public_fields - _fields(docs["ours"])
         if gap:
             missing[" ".join(args[:3])] = sorted(gap)
+        assert _type_mismatches(docs["public"], docs["ours"]) == {}, args
     assert missing == {}
 
 
@@ -405,6 +425,7 @@ def test_reserver_and_flow_json_carry_every_public_field(sides, tmp_path):
         gap = _fields(docs["public"]) - _fields(docs["ours"])
         if gap:
             missing[" ".join((tool, *args[:3]))] = sorted(gap)
+        assert _type_mismatches(docs["public"], docs["ours"]) == {}, (tool, args)
     # The one documented gap (docs/reserver.md): without metadata the public reserver prints
     # `metadata_json: null` instead of its `metadata` field; ours always prints `metadata`.
     assert missing == {
