@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_orchesjob.compat import AirflowException
+from airflow_provider_orchesjob.compat import AIRFLOW_V3, AirflowException
 from airflow_provider_orchesjob.hooks import OrchesJobHook
 from airflow_provider_orchesjob.operators import OrchesJobReserveOperator
 from tests.conftest import BIN_DIR
@@ -34,6 +34,7 @@ class _ReserveSeeingState(OrchesJobReserveOperator):
         return self.state_seen
 
 
+@pytest.mark.skipif(not AIRFLOW_V3, reason="Airflow 2's ExecutorSafeguard refuses execute() from a test thread")
 def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
     op = _ReserveSeeingState(
         task_id="reserve", ssh_conn_id=None, orchesjob_home=local_env, command=["true"], run_key="far-future",
