@@ -219,24 +219,22 @@ class Reservations:
             raise UsageError("reserve requires command after --")
         start_options, option_env = split_env_options(start_options)
         env = {**option_env, **(env or {})}
+        # command, start_options, env, metadata, not_before, expires_at: as stored, by insert and rearm alike
+        request = (
+            json.dumps(list(command)),
+            json.dumps(list(start_options)),
+            json.dumps(env) if env else None,
+            json.dumps(metadata) if metadata is not None else None,
+            not_before,
+            expires_at,
+        )
         t = now()
         with self.store.write() as db:
             inserted = db.execute(
                 "INSERT INTO reservations (reservation_id, run_key, status, command, start_options, env, metadata, "
                 "not_before, expires_at, created_at, updated_at) VALUES (?, ?, 'RESERVED', ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_key) DO NOTHING",
-                (
-                    new_id(),
-                    run_key,
-                    json.dumps(list(command)),
-                    json.dumps(list(start_options)),
-                    json.dumps(env) if env else None,
-                    json.dumps(metadata) if metadata is not None else None,
-                    not_before,
-                    expires_at,
-                    t,
-                    t,
-                ),
+                (new_id(), run_key, *request, t, t),
             ).rowcount
             rearmed = 0
             if not inserted and rearm:
@@ -244,16 +242,7 @@ class Reservations:
                     "UPDATE reservations SET status='RESERVED', command=?, start_options=?, env=?, metadata=?, "
                     "not_before=?, expires_at=?, dispatch_claimed_at=NULL, last_error=NULL, updated_at=? "
                     "WHERE run_key=? AND job_id IS NULL AND status IN ('CANCELLED','EXPIRED','DISPATCH_FAILED')",
-                    (
-                        json.dumps(list(command)),
-                        json.dumps(list(start_options)),
-                        json.dumps(env) if env else None,
-                        json.dumps(metadata) if metadata is not None else None,
-                        not_before,
-                        expires_at,
-                        t,
-                        run_key,
-                    ),
+                    (*request, t, run_key),
                 ).rowcount
             row = db.execute("SELECT * FROM reservations WHERE run_key = ?", (run_key,)).fetchone()
         if inserted or rearmed:
