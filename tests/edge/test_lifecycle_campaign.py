@@ -1,0 +1,460 @@
+"""An attacker's campaign against the job lifecycle, through real processes only.
+
+Two parts:
+
+* deterministic reproductions of each invariant violation found (xfail, strict,
+  with the precise bug as the reason, until the lifecycle is fixed);
+* a seeded, randomized fault campaign (``slow``): concurrent ``start`` (every
+  reuse policy, with and without ``--request-id``, ``--retry-lost``), ``abort``/
+  ``cancel`` (resent, concurrent, ``--wait 0``), ``status``, ``rerun``,
+  ``unlock``, ``clean``, SIGKILL of CLI processes, of supervisors and of parts
+  of job trees, SIGSTOP/SIGCONT of supervisors; a monitor thread scans /proc all
+  along, and the end state is checked against the invariants I1-I5.
+
+Payloads (lifecycle_attack.py) hold the run key's exclusive ``flock`` across
+their whole tree, so any overlap of two attempts is recorded, and note each
+execution, each own exit and each SIGTERM they trap.
+
+Seed and length: ``LIFECYCLE_CAMPAIGN_SEEDS`` (comma-separated),
+``LIFECYCLE_CAMPAIGN_SECONDS`` (action phase per seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge_runtime import proctree
+from tests.conftest import cli_path
+from tests.edge.conftest import TERMINAL
+from tests.edge.lifecycle_attack import SHAPES, Payloads, marked_scan, marker_map, send, wait_for
+
+ACTIVE = ("STARTING", "RUNNING", "ABORTING", "CANCELLING")
+
+
+@pytest.fixture
+def pl(runner, tmp_path):
+    payloads = Payloads(tmp_path / "work")
+    runner.env.update(payloads.env)
+    runner.ok("info")  # the database exists before any test reads it behind the CLI's back
+    return payloads
+
+
+def db_row(runner, job_id: str) -> dict:
+    db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"))
+    db.row_factory = sqlite3.Row
+    try:
+        row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return dict(row) if row is not None else {}
+    finally:
+        db.close()
+
+
+def db_rows(runner) -> list[dict]:
+    db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"), timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY run_key, attempt_no")]
+    finally:
+        db.close()
+
+
+def settled(runner, job_id: str, timeout: float = 30) -> dict:
+    """The job through the CLI (which settles) once terminal; fails after ``timeout``."""
+    job = wait_for(lambda: (j := runner.ok("status", "--job-id", job_id))["status"] in TERMINAL and j, timeout, 0.1)
+    assert job, f"job {job_id} not terminal within {timeout}s: {runner.ok('status', '--job-id', job_id)}"
+    return job
+
+
+# =====================================================================================
+# Reproductions of the violations found
+# =====================================================================================
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I2/I1: supervisor._Tree.alive() (proctree.descendants, one non-atomic /proc scan) misses a "
+    "descendant that forks and exits in a loop (pid hopper): the pid listed is gone when its stat is read and "
+    "the new one was not listed, so the supervisor sees an empty tree right after the main command exits and "
+    "records SUCCEEDED while the hopper (holding the payload's lock) still runs; a retry then overlaps it",
+)
+def test_a_pid_hopping_leftover_keeps_the_job_active(runner, pl):
+    first = runner.ok("start", "--run-key", "hop", "--", *pl.command("hop", "hopper", 0))
+    wait_for(lambda: pl.heartbeats() > 0, 5)
+    done = settled(runner, first["job_id"], timeout=20)
+    beats = pl.heartbeats()
+    time.sleep(0.4)
+    alive_after = pl.heartbeats() - beats
+    second = runner.ok("start", "--run-key", "hop", "--", *pl.command("hop", "quick", 0))
+    settled(runner, second["job_id"])
+    assert alive_after == 0, f"{done['status']} while a process of its tree still ran ({alive_after} heartbeats later)"
+    assert pl.overlaps() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I3/I4: supervisor.supervise takes a queued stop SIGTERM before reaping: when the main command has "
+    "already exited (zombie, SIGCHLD pending) and the abort's SIGTERM is pending too, sigtimedwait returns "
+    "SIGTERM first (15 < 17), tree.main_status is still None, so stop_first=ABORTED and the job ends ABORTED "
+    "with exit_code 0 although the command finished on its own (must be SUCCEEDED, stop_too_late)",
+)
+def test_a_stop_that_arrives_after_the_command_exited_keeps_its_real_outcome(runner, pl):
+    job = runner.ok("start", "--run-key", "late", "--", *pl.command("late", "quick", 0))
+    worker = job["worker_pid"]
+    assert send(worker, signal.SIGSTOP)  # the supervisor is slow to be scheduled (loaded host)
+    try:
+        assert wait_for(lambda: job["job_id"] in pl.ends(), 5)
+        time.sleep(0.3)  # the command has exited: a zombie, its SIGCHLD pending
+        stop = runner.ok("abort", "--run-key", "late", "--wait", "0")
+        assert stop["status"] == "ABORTING"
+    finally:
+        send(worker, signal.SIGCONT)
+    done = settled(runner, job["job_id"])
+    assert (done["status"], done["exit_code"], done["stop_too_late"]) == ("SUCCEEDED", 0, True), done
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I4: jobs.Jobs._await_stop -> lifecycle.stop_orphaned_tree has no exclusion and no memory: a stop "
+    "resent (or sent concurrently) while another is stopping a job whose supervisor is gone TERMs every marked "
+    "process again, so a process gets two SIGTERMs",
+)
+def test_concurrent_stops_of_an_orphaned_tree_send_one_term(runner, pl):
+    job = runner.ok("start", "--run-key", "orph", "--", *pl.command("orph", "trap", 0))
+    assert wait_for(lambda: pl.runs(job["job_id"]) == 1, 5)
+    time.sleep(0.2)  # the trap is installed
+    assert send(job["worker_pid"], signal.SIGKILL)  # the OOM killer takes the supervisor
+    first = runner.popen("orchesjob", "abort", "--run-key", "orph", "--grace-seconds", "3", "--wait", "0",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    # The first stop's TERM has been handled; it is still inside its grace period when the stop is resent.
+    assert wait_for(lambda: any(k[0] == job["job_id"] for k in pl.terms()), 10)
+    resent = runner.run("orchesjob", "abort", "--run-key", "orph", "--grace-seconds", "3", "--wait", "0")
+    first.wait(30)
+    assert resent.code == 0, resent.err
+    done = settled(runner, job["job_id"])
+    assert done["status"] == "ABORTED"
+    terms = {k: n for k, n in pl.terms().items() if k[0] == job["job_id"]}
+    assert terms and max(terms.values()) == 1, f"SIGTERMs per process: {terms}"
+
+
+def _chattr(path: Path, flag: str) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I3: supervisor.supervise writes the gate (os.write(gate_w, b'g')) to a child that already died "
+    "before exec (here: it could not open its log files); the write raises BrokenPipeError, the supervisor "
+    "dies without a record, and the job reads LOST ('outcome unknown') although the command provably never "
+    "ran (must be FAILED exit 127 'failed to launch', or NEVER_LAUNCHED)",
+)
+def test_a_command_that_cannot_open_its_logs_is_never_lost(runner, pl, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for chattr +i")
+    logs = Path(runner.home) / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    if not _chattr(logs, "+i"):
+        pytest.skip("chattr +i not supported here")
+    # A busy database (other pollers writing) delays the supervisor's RUNNING write by a few ms.
+    stop = threading.Event()
+
+    def hammer() -> None:
+        db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"), isolation_level=None, timeout=30)
+        while not stop.is_set():
+            db.execute("BEGIN IMMEDIATE")
+            time.sleep(0.03)
+            db.execute("COMMIT")
+            time.sleep(0.003)
+        db.close()
+
+    t = threading.Thread(target=hammer, daemon=True)
+    t.start()
+    seen = []
+    try:
+        for i in range(12):
+            job = runner.ok("start", "--run-key", f"nolog{i}", "--", *pl.command(f"nolog{i}", "quick", 0))
+            done = settled(runner, job["job_id"])
+            seen.append((done["status"], done["exit_code"]))
+            if done["status"] == "LOST":
+                break
+    finally:
+        stop.set()
+        t.join()
+        _chattr(logs, "-i")
+    assert pl.runs() == 0
+    assert all(s == ("FAILED", 127) for s in seen), seen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I3/I1: a reader out of file descriptors judges a live job dead: process.start_time/_stat_fields, "
+    "proctree._pids and proctree.marked turn every OSError (EMFILE) into 'gone', so "
+    "lifecycle.settlement finds no supervisor and no tree and records LOST for a RUNNING job; "
+    "`start --reuse-policy always` then runs a second attempt beside the first",
+)
+def test_a_reader_out_of_file_descriptors_never_settles_a_running_job(runner, pl):
+    job = runner.ok("start", "--run-key", "fds", "--", *pl.command("fds", "long", 0))
+    assert wait_for(lambda: pl.runs(job["job_id"]) == 1, 5)
+    seen = []
+    for n in range(5, 11):
+
+        def limit(n=n) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+        p = subprocess.run(
+            [cli_path("orchesjob"), "status", "--run-key", "fds"],
+            capture_output=True, text=True, env=runner.env, preexec_fn=limit, timeout=30,
+        )  # fmt: skip
+        if p.returncode == 0:
+            seen.append((n, json.loads(p.stdout)["status"]))
+    again = runner.ok("start", "--run-key", "fds", "--", *pl.command("fds", "quick", 0))
+    settled(runner, again["job_id"], timeout=20)
+    assert all(s == "RUNNING" for _, s in seen), seen
+    assert again["job_id"] == job["job_id"] and pl.overlaps() == []
+
+
+# =====================================================================================
+# The seeded fault campaign
+# =====================================================================================
+KEYS = ("k0", "k1", "k2")
+POLICIES = ("always", "failed-only", "never")
+
+
+class Campaign:
+    def __init__(self, runner, pl: Payloads, seed: int) -> None:
+        self.runner, self.pl, self.rng = runner, pl, random.Random(seed)
+        self.inflight: list[tuple[subprocess.Popen, float | None]] = []
+        self.actions: Counter = Counter()
+        self.violations: list[str] = []
+        self.harmed: set[str] = set()  # jobs whose supervisor we SIGKILLed
+        self.paused: set[str] = set()  # jobs whose supervisor we SIGSTOPped at some point
+        self.tree_killed: set[str] = set()  # jobs of which we SIGKILLed a process
+        self.conts: list[tuple[float, int]] = []
+        self.stop_monitor = threading.Event()
+        self.samples = 0
+        self.request_ids = {k: [f"rq-{k}-{i}" for i in range(3)] for k in KEYS}
+
+    # ------------------------------------------------------------------ helpers
+    def violation(self, text: str) -> None:
+        if text not in self.violations:
+            self.violations.append(text)
+
+    def cli(self, *args: str) -> None:
+        kill_at = None
+        if self.rng.random() < 0.12:
+            kill_at = time.monotonic() + self.rng.uniform(0.0, 0.6)  # SIGKILL this CLI mid-flight
+            self.actions["sigkill-cli"] += 1
+        p = self.runner.popen("orchesjob", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.inflight.append((p, kill_at))
+
+    def active_rows(self) -> list[dict]:
+        return [r for r in db_rows(self.runner) if r["status"] in ACTIVE]
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for p, kill_at in self.inflight:
+            if p.poll() is None and kill_at is not None and now >= kill_at:
+                p.kill()
+            if p.poll() is None:
+                keep.append((p, kill_at))
+        self.inflight = keep
+        due = [c for c in self.conts if c[0] <= now]
+        for c in due:
+            send(c[1], signal.SIGCONT)
+            self.conts.remove(c)
+
+    # ------------------------------------------------------------------ actions
+    def act(self) -> None:
+        rng = self.rng
+        key = rng.choice(KEYS)
+        roll = rng.random()
+        if roll < 0.34:
+            policy = rng.choice(POLICIES)
+            args = ["start", "--run-key", key, "--reuse-policy", policy]
+            r = rng.random()
+            if r < 0.3:
+                args += ["--request-id", rng.choice(self.request_ids[key])]
+            elif r < 0.4 and policy == "failed-only":
+                args += ["--retry-lost", "--request-id", f"rl-{key}-{rng.random():.9f}"]
+            if rng.random() < 0.15:
+                args.append("--sync")
+            shape, code = rng.choice(SHAPES), rng.choice((0, 0, 1, 3))
+            self.cli(*args, "--", *self.pl.command(key, shape, code))
+            self.actions[f"start:{policy}"] += 1
+        elif roll < 0.52:
+            verb = rng.choice(("abort", "cancel"))
+            args = [verb, "--run-key", key, "--grace-seconds", f"{rng.uniform(0.2, 1.5):.2f}"]
+            args += ["--wait", rng.choice(("0", "0", "1", "3"))]
+            for _ in range(rng.choice((1, 1, 2))):  # sometimes resent at once
+                self.cli(*args)
+            self.actions[verb] += 1
+        elif roll < 0.62:
+            self.cli(*rng.choice((["status", "--run-key", key], ["status", "--running"])))
+            self.actions["status"] += 1
+        elif roll < 0.67:
+            self.cli("rerun", "--run-key", key, "--reason", "campaign-rerun")
+            self.actions["rerun"] += 1
+        elif roll < 0.71:
+            extra = ["--ttl", "5"] if rng.random() < 0.5 else []
+            self.cli("unlock", "--run-key", key, "--reason", "campaign-unlock", *extra)
+            self.actions["unlock"] += 1
+        elif roll < 0.75:
+            rows = [r for r in db_rows(self.runner) if r["run_key"] == key]
+            if rows:
+                self.cli("clean", "--job-id", rng.choice(rows)["job_id"])
+                self.actions["clean"] += 1
+        else:
+            rows = [r for r in self.active_rows() if r["worker_pid"]]
+            if not rows:
+                return
+            row = rng.choice(rows)
+            fault = rng.random()
+            if fault < 0.3:
+                if send(row["worker_pid"], signal.SIGKILL):
+                    self.harmed.add(row["job_id"])
+                    self.actions["sigkill-supervisor"] += 1
+            elif fault < 0.55:
+                if send(row["worker_pid"], signal.SIGSTOP):
+                    self.paused.add(row["job_id"])
+                    self.conts.append((time.monotonic() + rng.uniform(0.2, 1.5), row["worker_pid"]))
+                    self.actions["sigstop-supervisor"] += 1
+            else:
+                pids = proctree.marked(row["job_id"])
+                if pids and send(rng.choice(pids), signal.SIGKILL):
+                    self.tree_killed.add(row["job_id"])
+                    self.actions["sigkill-tree-part"] += 1
+
+    # ------------------------------------------------------------------ monitor
+    def monitor(self) -> None:
+        """I1 and I2 at every instant: no terminal job with live processes, one live attempt per key."""
+        while not self.stop_monitor.is_set():
+            try:
+                rows = {r["job_id"]: r for r in db_rows(self.runner)}
+            except sqlite3.Error:
+                continue
+            live = marker_map()
+            self.samples += 1
+            per_key: dict[str, set[str]] = {}
+            for job_id, pids in live.items():
+                row = rows.get(job_id)
+                if row is None:
+                    continue
+                per_key.setdefault(row["run_key"], set()).add(job_id)
+                if row["status"] in TERMINAL:
+                    still = [p for p in pids if p in marked_scan(job_id)]
+                    if still:
+                        self.violation(f"I2: job {job_id} {row['status']} while {still} of its tree live")
+            for key, jobs in per_key.items():
+                if len(jobs) > 1:
+                    self.violation(f"I1: run key {key} has live processes of {len(jobs)} attempts: {sorted(jobs)}")
+            time.sleep(0.03)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, seconds: float) -> None:
+        mon = threading.Thread(target=self.monitor, daemon=True)
+        mon.start()
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                self.tick()
+                if len(self.inflight) < 6:
+                    self.act()
+                time.sleep(self.rng.uniform(0.0, 0.12))
+            # Quiesce: no new action; resume paused supervisors, let the CLIs finish.
+            for _, pid in self.conts:
+                send(pid, signal.SIGCONT)
+            self.conts.clear()
+            for p, _ in self.inflight:
+                try:
+                    p.wait(40)
+                except subprocess.TimeoutExpired:
+                    self.violation(f"a CLI call did not return within 40 s: {p.args}")
+                    p.kill()
+            # I5: every job ends terminal once its processes are gone (payloads are short-lived).
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                active = [r for r in self.active_rows()]
+                for r in active:
+                    self.runner.oj("status", "--job-id", r["job_id"])  # readers settle what they may
+                if not self.active_rows():
+                    break
+                time.sleep(0.5)
+        finally:
+            self.stop_monitor.set()
+            mon.join()
+        for r in self.active_rows():
+            self.violation(f"I5: job {r['job_id']} still {r['status']} with live pids {marked_scan(r['job_id'])}")
+
+    # ------------------------------------------------------------------ the end state
+    def check(self) -> dict:
+        rows = db_rows(self.runner)
+        by_key_attempt = {(r["run_key"], r["attempt_no"]): r for r in rows}
+        ends = self.pl.ends()
+        for o in self.pl.overlaps():
+            self.violation(f"I1: attempts overlapped ({o})")
+        for r in rows:
+            j, st = r["job_id"], r["status"]
+            runs = self.pl.runs(j)
+            if runs > 1:
+                self.violation(f"I1: job {j} executed its command {runs} times")
+            if st == "NEVER_LAUNCHED" and runs:
+                self.violation(f"I3: job {j} NEVER_LAUNCHED but its command ran")
+            if st in ("SUCCEEDED", "FAILED") and r["exit_code"] is not None and r["exit_code"] >= 0:
+                if j in ends and ends[j] != r["exit_code"]:
+                    self.violation(f"I3: job {j} {st} exit {r['exit_code']} but the command exited {ends[j]}")
+                if j not in ends and r["exit_code"] != 99 and j not in self.tree_killed:
+                    self.violation(f"I3: job {j} {st} exit {r['exit_code']} but the command never exited itself")
+            if st == "LOST" and j not in self.harmed:
+                self.violation(f"I3: job {j} LOST although its supervisor was never killed ({r['error']})")
+            if st == "SUCCEEDED" and ends.get(j) != 0:
+                self.violation(f"I3: job {j} SUCCEEDED without the command's exit 0")
+            # failed-only / never must not run again after an outcome that forbids it.
+            start_made = (r["rerun_reason"] or "") != "campaign-rerun" and not (r["request_id"] or "").startswith("rl-")
+            prev = by_key_attempt.get((r["run_key"], r["attempt_no"] - 1))
+            if start_made and prev is not None and not r["strict_override_used"]:
+                policy = r["reuse_policy"]
+                if policy == "failed-only" and prev["status"] in ("SUCCEEDED", "LOST"):
+                    self.violation(f"I3: failed-only started {j} after {prev['status']} {prev['job_id']}")
+                if policy == "never" and prev["status"] != "NEVER_LAUNCHED":
+                    self.violation(f"I3: never-policy started {j} after {prev['status']} {prev['job_id']}")
+        for (j, pid), n in self.pl.terms().items():
+            if n > 1 and j not in self.harmed:
+                self.violation(f"I4: process {pid} of job {j} got {n} SIGTERMs")
+        return {
+            "jobs": len(rows),
+            "statuses": dict(Counter(r["status"] for r in rows)),
+            "actions": dict(self.actions),
+            "executions": self.pl.runs(),
+            "monitor_samples": self.samples,
+        }
+
+
+SEEDS = [int(s) for s in os.environ.get("LIFECYCLE_CAMPAIGN_SEEDS", "20261129,7").split(",")]
+SECONDS = float(os.environ.get("LIFECYCLE_CAMPAIGN_SECONDS", "45"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_seeded_fault_campaign(runner, pl, seed):
+    campaign = Campaign(runner, pl, seed)
+    t0 = time.monotonic()
+    campaign.run(SECONDS)
+    summary = campaign.check()
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    print(f"\ncampaign seed={seed}: {json.dumps(summary, sort_keys=True)}")
+    assert not campaign.violations, "\n".join(campaign.violations)
