@@ -91,12 +91,6 @@ def test_a_triggerer_sigkilled_with_20_deferred_tasks_all_succeed_once(dep, scen
         assert [a["status"] for a in attempts] == ["SUCCEEDED"], (i, attempts)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: OrchesJobTrigger's log offsets are only those serialized at defer time, so the trigger "
-    "restarted by another triggerer streams the remote output again from offset 0 (every line before the kill "
-    "appears twice in the task log)",
-)
 def test_a_task_log_repeats_at_most_one_poll_after_the_triggerer_restart(dep, scenario_a):
     # The task logs show the remote output, repeating at most one poll's worth after the triggerer change.
     seconds, allowed = scenario_a["seconds"], int(POLL_INTERVAL * LINES_PER_SECOND) + 1
@@ -109,12 +103,6 @@ def test_a_task_log_repeats_at_most_one_poll_after_the_triggerer_restart(dep, sc
         assert repeated <= allowed, f"task {i}: {repeated} output lines repeated (allowed {allowed}): {dict(seen)}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: on Airflow 3.3 the stalled triggerer, on resuming, cancels the triggers that moved to "
-    "the other triggerer and OrchesJobTrigger.on_kill aborts their remote jobs without checking that the task "
-    "instance was really killed by a user (issue 11)",
-)
 def test_b_stalled_triggerer_resumes_without_aborting_adopted_jobs(dep):
     counter = dep.counter(f"b-{uuid.uuid4().hex[:6]}")
     seconds = 45

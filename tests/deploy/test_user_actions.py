@@ -40,12 +40,6 @@ def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
     return run_id, run_key(DAG, "job", run_id)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: clearing a deferred task lets the new try reattach to the job that the old trigger's "
-    "on_kill is aborting, so the new try ends on ABORTED instead of waiting for the stop and starting attempt 2 "
-    "(issue 11)",
-)
 def test_d_mark_failed_and_clear_a_deferred_task_stop_the_remote_job(dep):
     tok1, tok2 = token(), token()
     c1, c2 = dep.counter(f"d-failed-{tok1}"), dep.counter(f"d-cleared-{tok2}")
