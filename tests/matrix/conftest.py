@@ -141,15 +141,17 @@ class Deployment:
         self.airflow("dags", "trigger", dag_id, "--run-id", run_id)
         return run_id
 
-    def restart(self, name: str, *args: str, timeout: float = 60) -> float:
-        """Stop a process the way a service manager does (SIGTERM, then wait), start it again;
-        returns how long it was down."""
+    def restart(self, name: str, *args: str, timeout: float = 20) -> str:
+        """Stop a process the way a service manager does (SIGTERM to its group, SIGKILL after
+        ``timeout``), start it again; says how it went."""
         p = self.procs[name]
         down = time.monotonic()
         os.killpg(p.pid, signal.SIGTERM)
+        how = "stopped on SIGTERM"
         try:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
+            how = f"still running {timeout:.0f}s after SIGTERM, SIGKILLed"
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         with open(self.logs[name], "a") as f:
@@ -160,7 +162,7 @@ class Deployment:
                 [os.path.join(BIN, "airflow"), *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        return time.monotonic() - down
+        return f"{how}, restarted after {time.monotonic() - down:.1f}s"
 
     def task_log(self, task_id: str) -> str:
         """Every task log file of the task in this run (all tries), concatenated."""

@@ -121,9 +121,9 @@ def test_triggerer_restart_stops_only_the_mapped_job_a_user_killed(deployment, s
     assert jobs(0) == ["ABORTED"]
     assert jobs(1) == ["RUNNING"], "stopping the job of map index 0 touched map index 1's"
 
-    down = d.restart("triggerer", "triggerer")
-    note(f"triggerer restarted (SIGTERM, wait, start) in {down:.1f}s")
-    assert jobs(1) == ["RUNNING"], f"the triggerer's stop aborted a job nobody killed: {jobs(1)}"
+    note(f"mapped: triggerer {d.restart('triggerer', 'triggerer')}")
+    # (It may have finished meanwhile: the old triggerer can take a while to stop.)
+    assert jobs(1) in (["RUNNING"], ["SUCCEEDED"]), f"the triggerer's stop stopped a job nobody killed: {jobs(1)}"
     finished = ("success", "failed")
     state = wait_for(
         "map index 1 finished", lambda: (s := d.ti(task_id, map_index=1, **where)["state"]) in finished and s, 150, d
