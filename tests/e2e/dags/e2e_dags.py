@@ -146,3 +146,19 @@ with DAG(dag_id="e2e_env_secret", start_date=datetime(2026, 1, 1), schedule=None
         env={"TOKEN": "{{ dag_run.conf['token'] }}", "OUT": "{{ dag_run.conf['out'] }}"},
         ssh_conn_id=_CONN, poll_interval=0.5,
     )  # fmt: skip
+
+# How a kill check reads a mapped task instance's own state, through the real Airflow API.
+with DAG(dag_id="e2e_state_lookup", start_date=datetime(2026, 1, 1), schedule=None) as e2e_state_lookup:
+    try:
+        from airflow.sdk import task
+    except ImportError:  # Airflow 2.11
+        from airflow.decorators import task
+
+    @task
+    def own_state(n: int, ti=None) -> str:
+        from airflow_provider_orchesjob.compat import task_instance_state_sync
+        from airflow_provider_orchesjob.utils.lifecycle import normalize_state
+
+        return normalize_state(task_instance_state_sync(ti.dag_id, ti.task_id, ti.run_id, ti.map_index))
+
+    own_state.expand(n=[0, 1])
