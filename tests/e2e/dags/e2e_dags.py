@@ -156,9 +156,25 @@ with DAG(dag_id="e2e_state_lookup", start_date=datetime(2026, 1, 1), schedule=No
 
     @task
     def own_state(n: int, ti=None) -> str:
-        from airflow_provider_orchesjob.compat import task_instance_state_sync
+        import asyncio
+
+        from airflow_provider_orchesjob.compat import (
+            TRY_XCOM_KEY,
+            task_instance_state,
+            task_instance_state_sync,
+            task_instance_try,
+        )
         from airflow_provider_orchesjob.utils.lifecycle import normalize_state
 
-        return normalize_state(task_instance_state_sync(ti.dag_id, ti.task_id, ti.run_id, ti.map_index))
+        key = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+        ti.xcom_push(key=TRY_XCOM_KEY, value=ti.try_number)  # what a deferring try records
+
+        async def from_async():  # the way a trigger asks (run_sync)
+            return normalize_state(await task_instance_state(*key)), await task_instance_try(*key)
+
+        state, try_number = asyncio.run(from_async())
+        assert state == normalize_state(task_instance_state_sync(*key)), state
+        assert try_number == ti.try_number, (try_number, ti.try_number)
+        return state
 
     own_state.expand(n=[0, 1])
