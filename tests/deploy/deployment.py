@@ -535,6 +535,19 @@ class Deployment:
 
         return wait_for(f"{count} task(s) of {dag_id}/{run_id} in {states}", reached, timeout, 0.5)
 
+    def wait_trigger_held(self, dag_id: str, run_id: str, task_id: str, timeout: float = 120) -> dict:
+        """Wait until the task is deferred and a triggerer runs its trigger (a kill before that has nobody to
+        run ``on_kill``)."""
+
+        def held() -> dict | None:
+            self.check_alive()
+            ti = self.ti(dag_id, run_id, task_id)
+            return ti if ti["state"] == "deferred" and (ti.get("triggerer_job") or {}).get("hostname") else None
+
+        ti = wait_for(f"{dag_id}/{run_id}/{task_id} deferred and held by a triggerer", held, timeout, 0.5)
+        time.sleep(1.5)  # the triggerer starts the trigger's run() within its loop tick (1 s)
+        return ti
+
     def set_ti_state(self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1) -> None:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
         if map_index >= 0:

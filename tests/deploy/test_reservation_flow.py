@@ -51,7 +51,7 @@ def test_f_reservation_task_killed_and_cleared_is_rearmed_and_dispatched_once(de
     key = f"deploy-res-{tok}"
     not_before = (datetime.now(timezone.utc) + timedelta(seconds=25)).isoformat()
     run_id = dep.trigger(dag_id, {"command": f"echo run >> {counter}", "run_key": key, "not_before": not_before})
-    dep.wait_ti_state(dag_id, run_id, ("deferred",), 120)
+    dep.wait_trigger_held(dag_id, run_id, "reserve")
     assert reservation(dep, key)["reservation_status"] == "RESERVED"
     dep.set_ti_state(dag_id, run_id, "reserve", "failed")  # the user kills the waiting task
     if clear_when == "after-cancel":  # the user clears once the kill has taken effect on the host

@@ -35,7 +35,7 @@ def wait_stopped(dep, key: str, tok: str, since: float, timeout: float = 90) -> 
 
 def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
     run_id = dep.trigger(DAG, {"command": once_then_quick(counter, tok)})
-    dep.wait_ti_state(DAG, run_id, ("deferred",), 120)
+    dep.wait_trigger_held(DAG, run_id, "job")
     wait_for("the remote job running", lambda: dep.host_lines(counter) == ["run"] and dep.host_pids(tok), 60)
     return run_id, run_key(DAG, "job", run_id)
 
