@@ -30,6 +30,7 @@ case $shape in
   slow) naps 12 ;;
   trap) term_trap; naps 30 ;;
   long) naps 80 ;;
+  trap-long) term_trap; naps 100 ;;
   bg-child) (term_trap; naps 10) & sleep 0.1 ;;
   setsid) setsid sh -c 'trap "" TERM; sleep 1' & sleep 0.1 ;;
   double-fork) (sh -c 'sleep 1.2' &) ; sleep 0.1 ;;
