@@ -69,8 +69,9 @@ def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep)
     dep.clear(DAG, run_id, ["job"])
     try:
         _, stop = wait_stopped(dep, key, tok, t0, timeout=STOP_WITHIN + 30)
-    finally:
+    except BaseException:
         dep.ssh_server.ssh(f"pkill -f {tok}")  # never leave the job behind
+        raise
     run = dep.wait_run(DAG, run_id, 180)
     attempts = dep.history(key)
     dep.note("d: clear (deferred)", "LocalExecutor", len(dep.host_lines(counter)), stop)
