@@ -56,3 +56,13 @@ class LockError(OrchesError):
 
     exit_code = 5
     kind = "lock_error"
+
+
+class ResourceError(OrchesError):
+    """The host refused a resource needed to judge or run a job (file descriptors, memory, /proc).
+
+    Never read as "the process is gone": a live job judged dead on such an error
+    would be a guessed outcome.
+    """
+
+    kind = "resource_error"

@@ -95,11 +95,30 @@ class Jobs:
 
     # --------------------------------------------------------------- liveness
     def _judge(self, row: sqlite3.Row) -> sqlite3.Row:
-        """Return ``row``, first settling an active job whose processes are provably all gone."""
+        """Return ``row``, first moving a recorded stop along and settling a job whose processes are all gone."""
+        if row["status"] in lifecycle.STOPPED:
+            row = self._carry_out_stop(row)
         if lifecycle.settlement(row) is None:
             return row
         with self.store.write() as db:
             return lifecycle.settle_locked(db, row["job_id"])
+
+    def _carry_out_stop(self, row: sqlite3.Row) -> sqlite3.Row:
+        """Whoever reads a job being stopped helps the stop happen.
+
+        The process that recorded ABORTING may have died before it signalled
+        (a killed ``abort``, a dropped SSH session): a live supervisor gets the
+        signal again (a repeat is a no-op for it); a dead one's tree is stopped
+        here, one step per read (``lifecycle.advance_orphaned_stop``).
+        """
+        if lifecycle.supervisor_alive(row):
+            process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
+            return row
+        with self.store.write() as db:
+            current = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
+            if not lifecycle.advance_orphaned_stop(db, current):
+                return current
+            return db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
 
     # ------------------------------------------------------------------ start
     def start(
@@ -400,23 +419,18 @@ class Jobs:
         return out
 
     def _await_stop(self, row: sqlite3.Row, grace: float, wait: float) -> sqlite3.Row:
-        """Tell the supervisor, then wait for the terminal status; stop the tree ourselves if it is gone."""
+        """Wait up to ``wait`` seconds for the stop to complete (moving it along if the supervisor is gone)."""
         job_id = row["job_id"]
         deadline = time.monotonic() + wait
         while True:
-            if not lifecycle.supervisor_alive(row) and row["status"] in ACTIVE_JOB_STATUSES:
-                # Nobody owns the tree any more (OOM-killed supervisor): stop it here.
-                hit_main, killed = lifecycle.stop_orphaned_tree(row, grace)
-                with self.store.write() as db:
-                    row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                    if hit_main and row["status"] in lifecycle.STOPPED and not lifecycle.tree_pids(row):
-                        lifecycle.finish(db, job_id, lifecycle.STOPPED[row["status"]], None, None, killed)
-                    row = lifecycle.settle_locked(db, job_id)
+            row = self._judge(row)
             remaining = deadline - time.monotonic()
             if row["status"] not in ACTIVE_JOB_STATUSES or remaining <= 0:
                 return row
             if lifecycle.supervisor_alive(row):
                 process.wait_exit(row["worker_pid"], row["worker_start"], row["boot_id"], min(remaining, 0.5))
+            else:
+                time.sleep(min(0.05, remaining))
             row = self._by_id(job_id)
 
     # ----------------------------------------------------------- unlock/rerun

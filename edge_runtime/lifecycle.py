@@ -151,8 +151,9 @@ def tree_pids(row: sqlite3.Row | dict) -> list[int]:
     if row["boot_id"] != process.boot_id():
         return []  # a reboot ended everything
     pids = proctree.marked(row["job_id"])
-    if process.group_alive(row["target_pid"], row["target_start"], row["boot_id"]) and row["target_pid"] not in pids:
-        pids.append(row["target_pid"])  # e.g. a member that scrubbed its environment
+    if process.group_alive(row["target_pid"], row["target_start"], row["boot_id"]):
+        # The command's own group: also a member that scrubbed its environment.
+        pids += [p for p in proctree.group_members(row["target_pid"]) if p not in pids]
     return pids
 
 
@@ -286,31 +287,38 @@ def request_stop(db: sqlite3.Connection, row: sqlite3.Row, final: str, reason: s
 
 
 # --------------------------------------------------- stopping without a supervisor
-def stop_orphaned_tree(row: sqlite3.Row, grace: float) -> tuple[bool, bool]:
-    """TERM, grace, KILL the tree of a job whose supervisor is gone.
+def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
+    """One non-blocking step of a stop whose supervisor is gone; True if it signalled anything.
 
-    Returns (main command was still running when the TERM went out — so the stop,
-    not the command, ended the job; SIGKILL was needed).
+    Any caller may take it — the ``abort`` that finds the supervisor dead, a
+    resent stop, every later ``status`` — so a recorded stop is carried out even
+    if the process that recorded it died. Inside a write transaction:
+
+    * the first caller claims the TERM (``orphan_term_at``), so each process
+      gets one. If the main command is still running at that moment, the stop
+      ends the job: that is written to the outcome record first;
+    * once the grace (counted from that TERM) is over, every caller KILLs what
+      is left, including whole process groups.
     """
+    if row["status"] not in STOPPED or supervisor_alive(row):
+        return False
     pids = tree_pids(row)
     if not pids:
-        return False, False
-    main_alive = process.is_alive(row["target_pid"], row["target_start"], row["boot_id"])
-    proctree.send(pids, 15)
-    deadline = time.monotonic() + grace
-    delay = 0.01
-    while time.monotonic() < deadline and tree_pids(row):
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    killed = False
-    for _ in range(50):
-        left = tree_pids(row)
-        if not left:
-            break
-        killed = True
-        proctree.kill_now(left)
-        time.sleep(0.02)
-    return main_alive, killed
+        return False
+    t = time.time()
+    if row["orphan_term_at"] is None:
+        db.execute("UPDATE jobs SET orphan_term_at=?, updated_at=? WHERE job_id=?", (t, t, row["job_id"]))
+        if process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
+            stopped = {"status": STOPPED[row["status"]], "exit_code": None, "error": None}
+            write_outcome(outcome_path(row), stopped)
+        proctree.send(pids, 15)
+        return True
+    grace = row["stop_grace"] if row["stop_grace"] is not None else LEFTOVER_GRACE
+    if t < row["orphan_term_at"] + grace:
+        return False
+    proctree.kill_now(pids, proctree.groups_of(pids))
+    db.execute("UPDATE jobs SET tree_killed=1 WHERE job_id=?", (row["job_id"],))
+    return True
 
 
 def may_stop(row: sqlite3.Row) -> str | None:

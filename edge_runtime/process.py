@@ -21,9 +21,14 @@ def boot_id() -> str:
         try:
             with open("/proc/sys/kernel/random/boot_id") as f:
                 _BOOT_ID = f.read().strip()
-        except OSError:
+        except FileNotFoundError:
             # Non-Linux fallback: the boot time is stable for one boot.
             _BOOT_ID = "btime-" + str(int(time.time() - time.monotonic()))
+        except OSError as exc:
+            # (out of file descriptors ...) a made-up boot id would make every recorded process look dead
+            from .errors import ResourceError
+
+            raise ResourceError(f"cannot read the boot id: {exc.strerror}") from None
     return _BOOT_ID
 
 
@@ -31,8 +36,14 @@ def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    except OSError as exc:
+        # Out of file descriptors or memory says nothing about the process: never
+        # let it pass for "gone" (a live job would be judged dead).
+        from .errors import ResourceError
+
+        raise ResourceError(f"cannot inspect process {pid}: {exc.strerror}", pid=pid) from None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     return data[data.rindex(b")") + 2 :].decode().split()
 

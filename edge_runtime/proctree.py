@@ -28,6 +28,9 @@ import os
 import signal
 
 ENV_MARKER = "ORCHESJOB_JOB_ID"
+# Set in the supervisor's own environment: lets an outer job's supervisor recognise
+# the supervisor of a job its command started (whose tree is that supervisor's).
+SUPERVISOR_MARKER = "ORCHESJOB_SUPERVISOR_OF"
 _PR_SET_CHILD_SUBREAPER = 36
 _DEAD_STATES = (b"Z", b"X", b"x")
 
@@ -48,59 +51,126 @@ def tracking() -> str:
     return "subreaper+environ" if os.path.isdir("/proc/self") else "process-group"
 
 
+def _unreadable(exc: OSError) -> bool:
+    """True when an OSError reading /proc says the process is gone, or is not ours to read.
+
+    Anything else (out of file descriptors, memory ...) says nothing about the
+    process: it is raised, because judging a live job dead on such an error
+    would be a guess.
+    """
+    return isinstance(exc, (FileNotFoundError, ProcessLookupError, PermissionError))
+
+
+def _cannot_inspect(what: str, exc: OSError) -> Exception:
+    from .errors import ResourceError
+
+    return ResourceError(f"cannot inspect {what}: {exc.strerror}")
+
+
 def _pids() -> list[int]:
     try:
         return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
+    except OSError as exc:
+        raise _cannot_inspect("/proc", exc) from None
 
 
-def _stat(pid: int) -> tuple[int, bytes] | None:
-    """(parent pid, state letter) of a process, or None if it is gone."""
+def _stat(pid: int) -> tuple[int, int, bytes] | None:
+    """(parent pid, process group, state letter) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except OSError:
-        return None
+    except OSError as exc:
+        if _unreadable(exc):
+            return None
+        raise _cannot_inspect(f"process {pid}", exc) from None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split(None, 2)
-    return int(rest[1]), rest[0]
+    rest = data[data.rindex(b")") + 2 :].split(None, 3)
+    return int(rest[1]), int(rest[2]), rest[0]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0" + f.read() + b"\0"
+    except OSError as exc:
+        if _unreadable(exc):
+            return b""
+        raise _cannot_inspect(f"process {pid}", exc) from None
+
+
+class Snapshot:
+    """One walk of the tree below ``root``: its processes, and the nested jobs' supervisors.
+
+    A job may start other orchesjob jobs; their supervisors (marked with
+    ``ORCHESJOB_SUPERVISOR_OF``) are descendants too. Their own trees are theirs
+    to stop: a snapshot lists such a supervisor in ``nested`` and leaves out
+    everything below it, so that every process is signalled by one owner only.
+    """
+
+    def __init__(self, root: int, job_id: str | None = None) -> None:
+        children: dict[int, list[int]] = {}
+        groups: dict[int, int] = {}
+        for pid in _pids():
+            st = _stat(pid)
+            if st is not None and st[2] not in _DEAD_STATES:
+                children.setdefault(st[0], []).append(pid)
+                groups[pid] = st[1]
+        own = f"{SUPERVISOR_MARKER}={job_id}".encode() if job_id else None
+        self.pids: list[int] = []
+        self.nested: list[int] = []
+        queue = [root]
+        while queue:
+            for child in children.get(queue.pop(0), ()):
+                env = _environ(child) if job_id else b""
+                if b"\0" + SUPERVISOR_MARKER.encode() + b"=" in env and b"\0" + own + b"\0" not in env:
+                    self.nested.append(child)
+                    continue
+                self.pids.append(child)
+                queue.append(child)
+        mine = os.getpgrp()
+        self.groups = sorted({groups[p] for p in self.pids if p in groups and groups[p] != mine})
+
+    def __bool__(self) -> bool:
+        return bool(self.pids or self.nested)
 
 
 def descendants(root: int) -> list[int]:
     """Live (non-zombie) descendants of ``root``, parents before their children."""
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        st = _stat(pid)
-        if st is not None and st[1] not in _DEAD_STATES:
-            children.setdefault(st[0], []).append(pid)
-    out: list[int] = []
-    queue = [root]
-    while queue:
-        for child in children.get(queue.pop(0), ()):
-            out.append(child)
-            queue.append(child)
-    return out
+    return Snapshot(root).pids
 
 
 def marked(job_id: str) -> list[int]:
     """Live processes of this user that carry the job's environment marker."""
-    needle = b"\0" + f"{ENV_MARKER}={job_id}".encode() + b"\0"
-    out = []
+    needle = f"{ENV_MARKER}={job_id}".encode()
     me = os.getpid()
+    out = []
     for pid in _pids():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue  # gone, or another user's process (not ours to judge or signal)
-        if needle in b"\0" + env + b"\0":
+        if pid != me and b"\0" + needle + b"\0" in _environ(pid):
             st = _stat(pid)
-            if st is not None and st[1] not in _DEAD_STATES:
+            if st is not None and st[2] not in _DEAD_STATES:
                 out.append(pid)
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` (a member that scrubbed its environment included)."""
+    out = []
+    for pid in _pids():
+        st = _stat(pid)
+        if st is not None and st[1] == pgid and st[2] not in _DEAD_STATES:
+            out.append(pid)
+    return out
+
+
+def groups_of(pids: list[int]) -> list[int]:
+    """The process groups of ``pids`` (never the caller's own)."""
+    mine = os.getpgrp()
+    groups = set()
+    for pid in pids:
+        st = _stat(pid)
+        if st is not None and st[1] != mine:
+            groups.add(st[1])
+    return sorted(groups)
 
 
 def send(pids: list[int], sig: int) -> list[int]:
@@ -127,6 +197,15 @@ def may_signal(pid: int) -> bool:
     return True
 
 
-def kill_now(pids: list[int]) -> None:
-    """SIGKILL, the escalation nobody can trap."""
+def kill_now(pids: list[int], groups: list[int] = ()) -> None:
+    """SIGKILL, the escalation nobody can trap; to whole process groups too.
+
+    A group signal also reaches the children a process forks while we look,
+    so a process that forks and exits in a loop cannot outrun the kill.
+    """
     send(pids, signal.SIGKILL)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -131,6 +131,7 @@ JOBS_MIGRATIONS = (
         stop_requested_at REAL,
         stop_grace       REAL,
         tree_killed      INTEGER NOT NULL DEFAULT 0,
+        orphan_term_at   REAL,
         UNIQUE (run_key, attempt_no),
         CHECK ((status IN ('ABORTING','CANCELLING')) <= (stop_requested_at IS NOT NULL)),
         CHECK ((status IN ('RUNNING','ABORTING','CANCELLING')) <= (target_pid IS NOT NULL))

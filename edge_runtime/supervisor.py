@@ -34,14 +34,18 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import sys
 import time
 
 from . import lifecycle, process, proctree
-from .errors import LockError
+from .errors import OrchesError
 from .schema import JOBS_MIGRATIONS
 from .store import Store
 
+# How long the supervisor of a job started from this job's tree gets, after our
+# own grace, to stop its tree and record the outcome before it is killed too.
+NESTED_STOP_GRACE = lifecycle.LEFTOVER_GRACE + 5.0
 # Signals the supervisor takes synchronously (sigtimedwait) instead of in handlers.
 _WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -92,9 +96,12 @@ def spawn(db_path: str, job_id: str) -> Notify:
                     os.dup2(null, fd)
                 # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables:
                 # a json.py planted in the caller's directory is never imported.
-                os.execv(
+                # The marker lets the supervisor of an outer job (if this start ran inside
+                # one) leave this job's tree to us: see proctree.Snapshot.
+                os.execve(
                     sys.executable,
                     [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
+                    {**os.environ, proctree.SUPERVISOR_MARKER: job_id},
                 )
         finally:
             os._exit(0)
@@ -138,11 +145,20 @@ def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, er
 
 
 class _Tree:
-    """The running job: its main command and everything it spawned (see proctree.py)."""
+    """The running job: its main command and everything it spawned (see proctree.py).
 
-    def __init__(self, main_pid: int) -> None:
+    The tree is empty exactly when the supervisor has no child left at all
+    (``waitpid`` says ECHILD): as child subreaper it inherits every orphan, so
+    any live descendant has an ancestor among its children. That test is atomic,
+    unlike a walk of /proc, which a process forking and exiting in a loop can
+    outrun. The walk is used only to find whom to signal.
+    """
+
+    def __init__(self, main_pid: int, job_id: str) -> None:
         self.main_pid = main_pid
+        self.job_id = job_id
         self.main_status: int | None = None  # waitpid status once the main command exited
+        self.childless = False
         self.term_at: float | None = None  # monotonic time of the tree's one TERM
         self.grace = lifecycle.LEFTOVER_GRACE
         self.termed: set[int] = set()
@@ -156,30 +172,46 @@ class _Tree:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.childless = True
                 return
             if pid == 0:
                 return
             if pid == self.main_pid:
                 self.main_status = status
 
-    def alive(self) -> list[int]:
-        return proctree.descendants(os.getpid())
+    def snapshot(self) -> proctree.Snapshot:
+        return proctree.Snapshot(os.getpid(), self.job_id)
 
     def terminate(self, grace: float) -> None:
-        """One TERM to every process of the tree (also ones that appear later, once each)."""
+        """One TERM to every process of the tree (also ones that appear later, once each).
+
+        The supervisor of a job started from this one gets the TERM instead of
+        its tree: it stops that tree itself, with its own grace, and records it.
+        """
         if self.term_at is None:
             self.term_at = time.monotonic()
             self.grace = grace
-        fresh = [p for p in self.alive() if p not in self.termed]
+        snap = self.snapshot()
+        fresh = [p for p in snap.pids + snap.nested if p not in self.termed]
         self.termed.update(fresh)
         proctree.send(fresh, signal.SIGTERM)
 
     def escalate(self) -> None:
-        if self.term_at is not None and time.monotonic() >= self.term_at + self.grace:
-            left = self.alive()
-            if left:
-                self.killed = True
-                proctree.kill_now(left)
+        """After the grace: KILL what is left; nested jobs' supervisors get longer to record their stop."""
+        if self.term_at is None:
+            return
+        overdue = time.monotonic() - (self.term_at + self.grace)
+        if overdue < 0:
+            return
+        snap = self.snapshot()
+        if snap.pids:
+            self.killed = True
+            proctree.kill_now(snap.pids, snap.groups)
+        if snap.nested and overdue >= NESTED_STOP_GRACE:
+            self.killed = True
+            for sup in snap.nested:
+                below = proctree.Snapshot(sup)
+                proctree.kill_now([sup, *below.pids], below.groups)
 
 
 def _stop_requested(store: Store, job_id: str) -> tuple[str, float]:
@@ -198,17 +230,28 @@ def _stop_requested(store: Store, job_id: str) -> tuple[str, float]:
     return lifecycle.ABORTED, lifecycle.LEFTOVER_GRACE
 
 
-def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool) -> None:
-    """Record the terminal status; a locked database delays it, never drops it."""
+def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool, record: str | None) -> None:
+    """Record the terminal status; a locked database or a full disk delays it, never drops it.
+
+    ``record``: the outcome record still to be written (it failed the first time).
+    """
     delay = 0.05
     while True:
+        if record is not None:
+            try:
+                lifecycle.write_outcome(record, outcome)
+                record = None
+            except OSError:
+                pass
         try:
             with store.write() as db:
                 lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
             return
-        except LockError:
+        except (OrchesError, sqlite3.Error):
+            # Locked past the busy timeout, disk full, I/O error: the supervisor is the only
+            # one who knows this outcome, so it keeps trying (backing off) until it is stored.
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 2.0)
 
 
 def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
@@ -234,6 +277,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
 
     env = dict(os.environ)
     env.pop("ORCHESJOB_TEST_KILL_AT", None)  # crash-test hook: ours, not the command's
+    env.pop(proctree.SUPERVISOR_MARKER, None)  # marks the supervisor only, never the job's own processes
     if row["env"]:
         env.update(json.loads(row["env"]))
     env[proctree.ENV_MARKER] = job_id
@@ -247,7 +291,10 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         running = lifecycle.record_running(db, job_id, pid, child_start)
     process.kill_point("supervisor:recorded-target")
     if running:
-        os.write(gate_w, b"g")
+        try:
+            os.write(gate_w, b"g")
+        except BrokenPipeError:
+            pass  # the child died before exec (e.g. its log files could not be opened): its error follows
     os.close(gate_w)
     launch_error = os.read(err_r, 4096).decode(errors="replace") or None  # EOF once exec succeeded
     os.close(err_r)
@@ -255,10 +302,11 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         tell(b"T")
     process.kill_point("supervisor:running")
 
-    tree = _Tree(pid)
+    tree = _Tree(pid, job_id)
     timeout = row["timeout"] if running and not launch_error else None
     deadline = time.monotonic() + timeout if timeout else None
     record_path = lifecycle.outcome_path(row)
+    record_pending: str | None = None
     outcome = None
     while True:
         tree.reap()
@@ -277,12 +325,10 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
                 try:
                     lifecycle.write_outcome(record_path, outcome)
                 except OSError:
-                    pass  # (disk full ...) the database write below still records it
+                    record_pending = record_path  # (disk full ...) retried with the database write
             process.kill_point("supervisor:exited")
             tree.terminate(tree.grace if tree.term_at is not None else lifecycle.LEFTOVER_GRACE)
-        left = tree.alive()
-        if outcome is not None and not left:
-            tree.reap()
+        if outcome is not None and tree.childless:
             break
         if tree.term_at is None and deadline is not None and time.monotonic() >= deadline:
             tree.timed_out = True
@@ -291,20 +337,24 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         if tree.term_at is None:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         else:
-            # Grandchildren exiting send us no SIGCHLD: look again shortly.
-            wait = 0.05 if left else 0.01
+            wait = 0.05  # grandchildren exiting send us no SIGCHLD: look again shortly
         sig = signal.sigtimedwait(_WATCHED, 3600.0 if wait is None else wait)
-        if sig is not None and sig.si_signo in _STOP_SIGNALS and tree.term_at is None:
+        if sig is None or sig.si_signo not in _STOP_SIGNALS:
+            continue
+        # A stop. Reap first: a command that already exited finished on its own,
+        # whatever order the kernel hands us its SIGCHLD and the stop's SIGTERM.
+        tree.reap()
+        if tree.term_at is None:
             stopped_as, grace = _stop_requested(store, job_id)
             if tree.main_status is None:
                 tree.stop_first = stopped_as
             tree.terminate(grace)
-        elif sig is not None and sig.si_signo in _STOP_SIGNALS and tree.main_status is None:
+        elif tree.main_status is None:
             tree.terminate(tree.grace)  # a resent stop: TERM only processes that have none yet
 
     if running:
         process.kill_point("supervisor:tree-gone")
-        _write_until_it_lands(store, job_id, outcome, tree.killed)
+        _write_until_it_lands(store, job_id, outcome, tree.killed, record_pending)
         lifecycle.discard_outcome(record_path)
     tell(b"F")
 
