@@ -19,8 +19,9 @@ MATRIX=${MATRIX:-"af211 af30 af33 floor"}
 export ORCHESJOB_TEST_SSH_USER=${ORCHESJOB_TEST_SSH_USER:-orchesjob-itd}
 TEST_DEPS=(pytest pytest-mock pytest-timeout)
 
-# The declared minimums (pyproject.toml's airflow extra), tested together on the oldest Airflow:
-# the 2.11.0 constraints with these pins replaced (docs/AIRFLOW_VERSIONS.md says how they were found).
+# The minimum versions that work (docs/AIRFLOW_VERSIONS.md says how they were found), tested
+# together on the oldest Airflow: the 2.11.0 constraints with these pins replaced.
+# pyproject.toml's airflow extra must declare them (tests/matrix/test_floors.py checks).
 FLOORS=("apache-airflow-providers-ssh==4.0.0" "paramiko==3.2.0" "asyncssh==2.15.0")
 
 # Airflow 2.11's BaseOperator.execute guard keeps its state per thread: execute() called from a
