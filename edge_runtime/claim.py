@@ -37,12 +37,19 @@ def decide(
     rk = db.execute("SELECT * FROM run_keys WHERE run_key = ?", (run_key,)).fetchone()
     if rk is None or rk["attempts"] == 0 or policy == REUSE_ALWAYS:
         return None, None
-    # The newest attempt decides. If `clean` removed it (older rows may remain),
-    # its outcome lives on in the run key's tombstone.
-    newest_kept = latest is not None and latest["attempt_no"] >= rk["attempts"]
-    previous: sqlite3.Row | dict = latest if newest_kept else tombstone_json(rk)
-    if previous["status"] == lifecycle.NEVER_LAUNCHED:
-        return None, None  # nothing ran: not an execution under any policy
+    # The newest attempt that launched decides (a NEVER_LAUNCHED one ran nothing, so
+    # it can neither consume the key nor hide an earlier success). If `clean` removed
+    # it, its outcome lives on in the run key's tombstone.
+    previous: sqlite3.Row | dict | None = db.execute(
+        "SELECT * FROM jobs WHERE run_key = ? AND status <> 'NEVER_LAUNCHED' ORDER BY attempt_no DESC LIMIT 1",
+        (run_key,),
+    ).fetchone()
+    if rk["last_status"] is not None and rk["last_status"] != lifecycle.NEVER_LAUNCHED:
+        tomb = tombstone_json(rk)
+        if previous is None or tomb["attempt_no"] > previous["attempt_no"]:
+            previous = tomb
+    if previous is None:
+        return None, None  # nothing ever ran: not an execution under any policy
     if policy == REUSE_FAILED_ONLY and previous["status"] not in ("SUCCEEDED", "LOST"):
         return None, None
     if policy == REUSE_FAILED_ONLY and previous["status"] == "LOST" and retry_lost:

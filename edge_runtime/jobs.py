@@ -96,7 +96,7 @@ class Jobs:
     # --------------------------------------------------------------- liveness
     def _judge(self, row: sqlite3.Row) -> sqlite3.Row:
         """Return ``row``, first moving a recorded stop along and settling a job whose processes are all gone."""
-        if row["status"] in lifecycle.STOPPED:
+        if row["status"] in lifecycle.STOPPED or (row["status"] == "RUNNING" and not lifecycle.supervisor_alive(row)):
             row = self._carry_out_stop(row)
         if lifecycle.settlement(row) is None:
             return row
@@ -109,11 +109,15 @@ class Jobs:
         The process that recorded ABORTING may have died before it signalled
         (a killed ``abort``, a dropped SSH session): a live supervisor gets the
         signal again (a repeat is a no-op for it); a dead one's tree is stopped
-        here, one step per read (``lifecycle.advance_orphaned_stop``).
+        here, one step per read (``lifecycle.advance_orphaned_stop``) — as are
+        the leftovers of a command whose supervisor died after recording its outcome.
         """
         if lifecycle.supervisor_alive(row):
-            process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
+            if row["status"] in lifecycle.STOPPED:
+                process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
             return row
+        if row["status"] not in lifecycle.STOPPED and lifecycle.read_outcome(lifecycle.outcome_path(row)) is None:
+            return row  # running on without its supervisor, nobody asked to stop it: only watched
         with self.store.write() as db:
             current = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
             if not lifecycle.advance_orphaned_stop(db, current):
@@ -570,12 +574,16 @@ class Jobs:
             [*(r["job_id"] for r in rows), *TERMINAL_JOB_STATUSES],
         ).fetchall()
         for r in rows:
-            # Remember the outcome of a key's newest attempt before its row goes.
+            if r["status"] == "NEVER_LAUNCHED":
+                continue  # nothing ran: it must not hide the outcome of an attempt that did
+            # Remember the outcome of a key's newest launched attempt before its row goes.
             db.execute(
-                "UPDATE run_keys SET last_job_id=?, last_status=?, last_exit_code=?, last_finished_at=? "
-                "WHERE run_key=? AND attempts=?",
-                (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["run_key"], r["attempt_no"]),
-            )
+                "UPDATE run_keys SET last_job_id=?, last_status=?, last_exit_code=?, last_finished_at=?, "
+                "last_attempt_no=? WHERE run_key=? AND "
+                "COALESCE(last_attempt_no, CASE WHEN last_status IS NULL THEN 0 ELSE attempts END) < ?",
+                (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["attempt_no"], r["run_key"],
+                 r["attempt_no"]),
+            )  # fmt: skip
         db.executemany("DELETE FROM jobs WHERE job_id = ?", [(r["job_id"],) for r in rows])
         if forget_keys:
             keys = {r["run_key"] for r in rows}

@@ -82,7 +82,7 @@ def tombstone_json(rk: sqlite3.Row) -> dict[str, Any]:
         "run_key": rk["run_key"],
         "status": rk["last_status"],
         "exit_code": rk["last_exit_code"],
-        "attempt_no": rk["attempts"],
+        "attempt_no": rk["last_attempt_no"] if rk["last_attempt_no"] is not None else rk["attempts"],
         "purged": True,
     }
     with_iso(out, "finished_at", rk["last_finished_at"])

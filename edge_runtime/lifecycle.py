@@ -288,11 +288,14 @@ def request_stop(db: sqlite3.Connection, row: sqlite3.Row, final: str, reason: s
 
 # --------------------------------------------------- stopping without a supervisor
 def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
-    """One non-blocking step of a stop whose supervisor is gone; True if it signalled anything.
+    """One non-blocking step of stopping a tree whose supervisor is gone; True if it signalled anything.
 
-    Any caller may take it — the ``abort`` that finds the supervisor dead, a
-    resent stop, every later ``status`` — so a recorded stop is carried out even
-    if the process that recorded it died. Inside a write transaction:
+    Two trees are stopped this way: one a stop was recorded for, and the
+    leftovers of a main command whose outcome record exists (the supervisor died
+    between the record and stopping them). Any caller may take the step — the
+    ``abort`` that finds the supervisor dead, a resent stop, every later
+    ``status`` — so a stop is carried out even if the process that recorded it
+    died. Inside a write transaction:
 
     * the first caller claims the TERM (``orphan_term_at``), so each process
       gets one. If the main command is still running at that moment, the stop
@@ -300,20 +303,24 @@ def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
     * once the grace (counted from that TERM) is over, every caller KILLs what
       is left, including whole process groups.
     """
-    if row["status"] not in STOPPED or supervisor_alive(row):
+    if row["status"] not in ACTIVE or row["target_pid"] is None or supervisor_alive(row):
         return False
+    stopping = row["status"] in STOPPED
+    record = read_outcome(outcome_path(row))
+    if not stopping and record is None:
+        return False  # the command may still be running on its own: nobody asked to stop it
     pids = tree_pids(row)
     if not pids:
         return False
     t = time.time()
     if row["orphan_term_at"] is None:
         db.execute("UPDATE jobs SET orphan_term_at=?, updated_at=? WHERE job_id=?", (t, t, row["job_id"]))
-        if process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
+        if record is None and process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
             stopped = {"status": STOPPED[row["status"]], "exit_code": None, "error": None}
             write_outcome(outcome_path(row), stopped)
         proctree.send(pids, 15)
         return True
-    grace = row["stop_grace"] if row["stop_grace"] is not None else LEFTOVER_GRACE
+    grace = row["stop_grace"] if stopping and row["stop_grace"] is not None else LEFTOVER_GRACE
     if t < row["orphan_term_at"] + grace:
         return False
     proctree.kill_now(pids, proctree.groups_of(pids))

@@ -11,7 +11,7 @@ The exactly-once invariants live here as constraints, not only in code:
   race hits this index (mapped to ``InvalidState``) if the logic ever let it by.
 * ``UNIQUE (run_key, attempt_no)`` — attempt numbers are never reused.
 * ``run_keys`` outlives ``clean``: it remembers that a key was consumed (and the
-  outcome of its last attempt) after the job rows and logs are deleted, so a
+  outcome and number of its newest *launched* attempt) after the job rows and logs are deleted, so a
   strict key stays consumed unless the user explicitly forgets it.
 """
 
@@ -150,7 +150,8 @@ JOBS_MIGRATIONS = (
         WHERE status IN ('STARTING','RUNNING','ABORTING','CANCELLING');
     CREATE INDEX jobs_active ON jobs (status) WHERE status IN ('STARTING','RUNNING','ABORTING','CANCELLING');
     CREATE INDEX jobs_finished_at ON jobs (finished_at);
-    CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL
+    CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
+    ALTER TABLE run_keys ADD COLUMN last_attempt_no INTEGER
     """,
 )
 
