@@ -275,13 +275,6 @@ def test_abort_reaches_a_scrubbed_member_of_the_group_after_the_supervisor_died(
     assert (stop["status"], beat.stat().st_size - size) == ("LOST", 0), stop["status"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I5: leftovers are stopped only by the supervisor: if it dies after writing the outcome record and "
-    "before _Tree.terminate (OOM kill at 'supervisor:exited'), nobody ever TERMs what the main command left "
-    "behind; lifecycle.settlement keeps the job RUNNING for as long as a leftover daemon lives (forever), "
-    "although the record proves the main command is done (a reader could stop the leftovers then settle)",
-)
 def test_leftovers_are_stopped_even_if_the_supervisor_dies_after_the_record(runner, tmp_path):
     beat = tmp_path / "leftover-beat"
     env = dict(runner.env, ORCHESJOB_TEST_KILL_AT="supervisor:exited")
@@ -292,14 +285,6 @@ def test_leftovers_are_stopped_even_if_the_supervisor_dies_after_the_record(runn
     assert done and (done["status"], done["exit_code"]) == ("FAILED", 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I3: claim.decide looks only at the newest attempt; when it is NEVER_LAUNCHED it returns 'nothing "
-    "ran' and a failed-only (or never) start runs a new attempt, although an earlier attempt of the key "
-    "SUCCEEDED: a start that died before launch (here an `always` start SIGKILLed at 'start:claimed') "
-    "re-opens a consumed key; decide should judge by the newest attempt that launched (and clean's tombstone "
-    "should not record a NEVER_LAUNCHED row over it)",
-)
 @pytest.mark.parametrize("policy", ["failed-only", "never"])
 def test_a_never_launched_attempt_does_not_hide_an_earlier_success(runner, pl, policy):
     key = f"hidden-{policy}"
