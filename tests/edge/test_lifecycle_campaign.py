@@ -298,6 +298,24 @@ def test_a_never_launched_attempt_does_not_hide_an_earlier_success(runner, pl, p
     assert not again["accepted"] and pl.runs() == 1, (again["attempt_no"], again["status"], pl.runs())
 
 
+def test_an_orphaned_stop_is_completed_even_if_the_abort_cli_dies(runner, pl):
+    """I4 (failed before bacc69f): with the supervisor gone the stop lived only inside the abort CLI
+    (Jobs._await_stop -> lifecycle.stop_orphaned_tree: TERM, grace, KILL); an abort SIGKILLed in that grace
+    left the job ABORTING, its TERM-surviving processes never KILLed, until they ended on their own."""
+    job = runner.ok("start", "--run-key", "orph-kill", "--", *pl.command("orph-kill", "trap-long"))
+    assert wait_for(lambda: pl.runs(job["job_id"]) == 1, 5)
+    time.sleep(0.2)  # the trap is installed
+    assert send(job["worker_pid"], signal.SIGKILL)
+    stop = runner.popen("orchesjob", "abort", "--run-key", "orph-kill", "--grace-seconds", "2",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert wait_for(lambda: any(k[0] == job["job_id"] for k in pl.terms()), 10)  # the TERM went out
+    stop.kill()  # the abort CLI dies inside its grace period
+    stop.wait()
+    done = wait_for(lambda: (j := runner.ok("status", "--job-id", job["job_id"]))["status"] in TERMINAL and j, 6, 0.2)
+    assert done and done["status"] == "ABORTED", runner.ok("status", "--job-id", job["job_id"])["status"]
+    assert marked_scan(job["job_id"]) == []
+
+
 def _nested(runner, pl, gate: Path) -> tuple[dict, dict]:
     """Job "outer" starts job "inner" (whose command traps TERM), then exits once ``gate`` exists."""
     inner = shlex.join([cli_path("orchesjob"), "start", "--run-key", "inner", "--", *pl.command("inner", "trap-long")])
