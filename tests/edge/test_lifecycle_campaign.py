@@ -39,7 +39,7 @@ import pytest
 
 from edge_runtime import proctree
 from tests.conftest import cli_path
-from tests.edge.conftest import TERMINAL
+from tests.edge.conftest import TERMINAL, alive
 from tests.edge.lifecycle_attack import SHAPES, Payloads, marked_scan, marker_map, send, wait_for
 
 ACTIVE = ("STARTING", "RUNNING", "ABORTING", "CANCELLING")
@@ -314,6 +314,61 @@ def test_an_orphaned_stop_is_completed_even_if_the_abort_cli_dies(runner, pl):
     done = wait_for(lambda: (j := runner.ok("status", "--job-id", job["job_id"]))["status"] in TERMINAL and j, 6, 0.2)
     assert done and done["status"] == "ABORTED", runner.ok("status", "--job-id", job["job_id"])["status"]
     assert marked_scan(job["job_id"]) == []
+
+
+def _foreign_group_with_pgid(pgid: int) -> int | None:
+    """A process group of someone else's whose id is ``pgid`` (a reused pid), leader gone; returns its member."""
+    r, w = os.pipe()
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pgid - 1))  # the next pid is ``pgid`` (root; races with other forks on the host)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            member = os.fork()
+            if member == 0:
+                os.execvp("sleep", ["sleep", "30"])
+            os.write(w, str(member).encode() if os.getpid() == pgid else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    member = int(os.read(r, 32) or b"0")
+    os.close(r)
+    os.waitpid(pid, 0)
+    return member or None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="I5 and worse: lifecycle.tree_pids trusts process.group_alive(target_pid) when the group leader is "
+    "gone, and (since bacc69f) adds every proctree.group_members(target_pid); once the job's group died "
+    "entirely its pid may be reused by a foreign process that makes its own group (pgid == old target_pid), "
+    "which then keeps the job RUNNING, and `abort` of the job TERMs and KILLs that foreign group",
+)
+def test_a_reused_process_group_id_is_not_the_job(runner):
+    if os.geteuid() != 0 or not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK):
+        pytest.skip("needs root and ns_last_pid to reuse a chosen pid")
+    job = runner.ok("start", "--run-key", "reused", "--", "sh", "-c", "sleep 0.5; exit 0")
+    assert send(job["worker_pid"], signal.SIGKILL)  # supervisor gone while the command runs
+    target = job["pid"]
+    assert wait_for(lambda: not os.path.exists(f"/proc/{target}"), 10)  # the job's group is gone
+    time.sleep(0.3)
+    member = None
+    for _ in range(5):
+        member = _foreign_group_with_pgid(target)
+        if member:
+            break
+    if member is None:
+        pytest.skip("could not get the pid reused")
+    try:
+        status = runner.ok("status", "--job-id", job["job_id"])["status"]
+        runner.oj("abort", "--job-id", job["job_id"], "--grace-seconds", "0.3", "--wait", "3")
+        foreign_alive = alive(member)
+        assert foreign_alive, "aborting the job killed a process of a foreign group that reused its pgid"
+        assert status == "LOST", status
+    finally:
+        send(member, signal.SIGKILL)
 
 
 def _nested(runner, pl, gate: Path) -> tuple[dict, dict]:
