@@ -23,7 +23,7 @@ import sys
 import time
 
 from . import claim, lifecycle, process
-from .errors import InvalidState, NotFound, OrchesError, UsageError
+from .errors import InvalidState, NotFound, OrchesError, ResourceError, UsageError
 from .home import jobs_db_path, jobs_home, logs_dir
 from .jobview import (
     DEFAULT_CHUNK_BYTES,
@@ -281,7 +281,7 @@ class Jobs:
             for value in values:
                 try:
                     out.append(self.status(**{kind: value}))
-                except NotFound as exc:
+                except (NotFound, UsageError, ResourceError) as exc:
                     out.append(failed_lookup({kind: value}, exc))
         return out
 
@@ -295,7 +295,7 @@ class Jobs:
                 job = self.status(**selector)
                 add_log_chunks(job, req.get("stdout_offset"), req.get("stderr_offset"),
                                DEFAULT_CHUNK_BYTES if max_bytes is None else max_bytes)  # fmt: skip
-            except (NotFound, UsageError) as exc:
+            except (NotFound, UsageError, ResourceError) as exc:
                 # Reported per entry: one poller's bad or vanished job must not fail the others' polls.
                 out.append(failed_lookup(selector, exc))
                 continue

@@ -151,8 +151,10 @@ def tree_pids(row: sqlite3.Row | dict) -> list[int]:
     if row["boot_id"] != process.boot_id():
         return []  # a reboot ended everything
     pids = proctree.marked(row["job_id"])
-    if process.group_alive(row["target_pid"], row["target_start"], row["boot_id"]):
-        # The command's own group: also a member that scrubbed its environment.
+    if process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
+        # The command's own group, also a member that scrubbed its environment. Only while
+        # its leader is provably ours: once the leader is gone its pid, and with it the
+        # group id, may be reused by a stranger's group, which must never be taken for the job.
         pids += [p for p in proctree.group_members(row["target_pid"]) if p not in pids]
     return pids
 
@@ -316,8 +318,10 @@ def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
     if row["orphan_term_at"] is None:
         db.execute("UPDATE jobs SET orphan_term_at=?, updated_at=? WHERE job_id=?", (t, t, row["job_id"]))
         if record is None and process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
-            stopped = {"status": STOPPED[row["status"]], "exit_code": None, "error": None}
-            write_outcome(outcome_path(row), stopped)
+            try:
+                write_outcome(outcome_path(row), {"status": STOPPED[row["status"]], "exit_code": None, "error": None})
+            except OSError:
+                pass  # (logs dir full or read-only) the stop goes on; the outcome will read LOST
         proctree.send(pids, 15)
         return True
     grace = row["stop_grace"] if stopping and row["stop_grace"] is not None else LEFTOVER_GRACE

@@ -72,39 +72,6 @@ def is_alive(pid: int | None, start: int | None, boot: str) -> bool:
     return start_time(pid) == start
 
 
-def group_alive(pgid: int | None, leader_start: int | None, boot: str) -> bool:
-    """True if any process of the job's process group may still run.
-
-    The group id equals the leader's pid. Linux never hands out a pid that is
-    still in use as a process-group id, so: leader alive with the recorded start
-    time -> alive; the pid now belongs to a different process -> our group is
-    gone; no such pid -> the group lives on iff some member still has that pgid.
-    """
-    if pgid is None or leader_start is None or boot != boot_id():
-        return False
-    current = start_time(pgid)
-    if current is not None:
-        return current == leader_start
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def signal_group(pgid: int | None, leader_start: int | None, boot: str, sig: int) -> bool:
-    """Send ``sig`` to the job's process group if it is still ours; True if sent."""
-    if not group_alive(pgid, leader_start, boot):
-        return False
-    try:
-        os.killpg(pgid, sig)  # type: ignore[arg-type]
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def signal_process(pid: int | None, start: int | None, boot: str, sig: int) -> bool:
     """Send ``sig`` to one recorded process if its identity still matches."""
     if not is_alive(pid, start, boot):
@@ -114,34 +81,6 @@ def signal_process(pid: int | None, start: int | None, boot: str, sig: int) -> b
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def terminate(
-    targets: list[tuple[int | None, int | None, bool]],
-    boot: str,
-    grace: float,
-) -> dict[str, list[bool]]:
-    """SIGTERM each (pid, start, is_group) target, wait ``grace``, SIGKILL survivors.
-
-    Returns which targets got SIGTERM and which needed SIGKILL, in order.
-    """
-
-    def send(t: tuple[int | None, int | None, bool], sig: int) -> bool:
-        pid, start, is_group = t
-        return (signal_group if is_group else signal_process)(pid, start, boot, sig)
-
-    def alive(t: tuple[int | None, int | None, bool]) -> bool:
-        pid, start, is_group = t
-        return (group_alive if is_group else is_alive)(pid, start, boot)
-
-    termed = [send(t, signal.SIGTERM) for t in targets]
-    deadline = time.monotonic() + grace
-    delay = 0.01
-    while any(alive(t) for t in targets) and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.2)
-    killed = [send(t, signal.SIGKILL) for t in targets]
-    return {"term": termed, "kill": killed}
 
 
 def wait_exit(pid: int, start: int, boot: str, timeout: float | None) -> bool:

@@ -260,19 +260,19 @@ def test_a_scrubbed_setsid_daemon_is_held_by_the_live_supervisor(runner, tmp_pat
 
 def test_abort_reaches_a_scrubbed_member_of_the_group_after_the_supervisor_died(runner, pl, tmp_path):
     beat = tmp_path / "scrubbed-beat"
-    # No setsid: the scrubbed process stays in the main command's process group, where the runtime sees it.
-    body = f"env -i sh -c 'while :; do echo x >> {beat}; sleep 0.1; done' & sleep 0.8; exit 0"
+    # No setsid: the scrubbed process stays in the main command's process group, where the runtime sees it
+    # for as long as the group's leader (the main command) runs. (Once the leader is gone too, its group id
+    # may belong to a stranger: docs/orchesjob.md names that case as the one the runtime cannot see.)
+    body = f"env -i sh -c 'while :; do echo x >> {beat}; sleep 0.1; done' & sleep 30; exit 0"
     job = runner.ok("start", "--run-key", "scrub", "--", "sh", "-c", body)
     assert wait_for(beat.exists, 5)
     assert send(job["worker_pid"], signal.SIGKILL)
-    time.sleep(1.2)  # the main command has exited; the scrubbed member lives on
+    time.sleep(0.3)
     assert runner.ok("status", "--job-id", job["job_id"])["status"] == "RUNNING"
-    stop = runner.ok("abort", "--run-key", "scrub", "--grace-seconds", "1", "--wait", "3")
+    stop = runner.ok("abort", "--run-key", "scrub", "--grace-seconds", "1", "--wait", "5")
     size = beat.stat().st_size
     time.sleep(0.5)
-    # The main command exited on its own while nobody recorded its exit status: its outcome is unknown
-    # (LOST), not a stop's doing; what matters here is that the stop reached the scrubbed member.
-    assert (stop["status"], beat.stat().st_size - size) == ("LOST", 0), stop["status"]
+    assert (stop["status"], beat.stat().st_size - size) == ("ABORTED", 0), stop["status"]
 
 
 def test_leftovers_are_stopped_even_if_the_supervisor_dies_after_the_record(runner, tmp_path):
@@ -339,13 +339,6 @@ def _foreign_group_with_pgid(pgid: int) -> int | None:
     return member or None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I5 and worse: lifecycle.tree_pids trusts process.group_alive(target_pid) when the group leader is "
-    "gone, and (since bacc69f) adds every proctree.group_members(target_pid); once the job's group died "
-    "entirely its pid may be reused by a foreign process that makes its own group (pgid == old target_pid), "
-    "which then keeps the job RUNNING, and `abort` of the job TERMs and KILLs that foreign group",
-)
 def test_a_reused_process_group_id_is_not_the_job(runner):
     if os.geteuid() != 0 or not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK):
         pytest.skip("needs root and ns_last_pid to reuse a chosen pid")
@@ -371,13 +364,6 @@ def test_a_reused_process_group_id_is_not_the_job(runner):
         send(member, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="since bacc69f readers carry out orphaned stops: lifecycle.advance_orphaned_stop writes the outcome "
-    "record (write_outcome) before it sends the TERM, and lets the OSError out; with the logs directory full or "
-    "read-only, abort sends nothing (the tree runs on, ABORTING) and every reader of that job fails, so one job "
-    "breaks `status --batch` and `status --running` for every key on the host",
-)
 def test_an_unwritable_logs_dir_neither_blocks_a_stop_nor_breaks_other_polls(runner, pl):
     if os.geteuid() != 0:
         pytest.skip("needs root for chattr +i")
@@ -695,7 +681,7 @@ class Campaign:
 
 
 SEEDS = [int(s) for s in os.environ.get("LIFECYCLE_CAMPAIGN_SEEDS", "20261129,7").split(",")]
-SECONDS = float(os.environ.get("LIFECYCLE_CAMPAIGN_SECONDS", "45"))
+SECONDS = float(os.environ.get("LIFECYCLE_CAMPAIGN_SECONDS", "35"))
 
 
 @pytest.mark.slow
