@@ -161,7 +161,6 @@ class _Tree:
         self.childless = False
         self.term_at: float | None = None  # monotonic time of the tree's one TERM
         self.grace = lifecycle.LEFTOVER_GRACE
-        self.termed: set[int] = set()
         self.stop_first: str | None = None  # stop status, if the stop's TERM came before the main exit
         self.timed_out = False
         self.killed = False  # something outlived its TERM
@@ -183,18 +182,20 @@ class _Tree:
         return proctree.Snapshot(os.getpid(), self.job_id)
 
     def terminate(self, grace: float) -> None:
-        """One TERM to every process of the tree (also ones that appear later, once each).
+        """The stop's one TERM round: every process of the tree gets one SIGTERM, once.
 
-        The supervisor of a job started from this one gets the TERM instead of
-        its tree: it stops that tree itself, with its own grace, and records it.
+        Later calls (a resent stop, the main command exiting during the stop) send
+        nothing: processes the tree starts while it cleans up (a TERM trap's
+        cleanup script) are left alone until the grace ends, then KILLed, as a
+        service manager does. The supervisor of a job started from this one gets
+        the TERM instead of its tree: it stops that tree itself and records it.
         """
-        if self.term_at is None:
-            self.term_at = time.monotonic()
-            self.grace = grace
+        if self.term_at is not None:
+            return
+        self.term_at = time.monotonic()
+        self.grace = grace
         snap = self.snapshot()
-        fresh = [p for p in snap.pids + snap.nested if p not in self.termed]
-        self.termed.update(fresh)
-        proctree.send(fresh, signal.SIGTERM)
+        proctree.send(snap.pids + snap.nested, signal.SIGTERM)
 
     def escalate(self) -> None:
         """After the grace: KILL what is left; nested jobs' supervisors get longer to record their stop."""
@@ -327,7 +328,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
                 except OSError:
                     record_pending = record_path  # (disk full ...) retried with the database write
             process.kill_point("supervisor:exited")
-            tree.terminate(tree.grace if tree.term_at is not None else lifecycle.LEFTOVER_GRACE)
+            tree.terminate(lifecycle.LEFTOVER_GRACE)  # what the command left behind (no-op during a stop)
         if outcome is not None and tree.childless:
             break
         if tree.term_at is None and deadline is not None and time.monotonic() >= deadline:
@@ -344,13 +345,11 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         # A stop. Reap first: a command that already exited finished on its own,
         # whatever order the kernel hands us its SIGCHLD and the stop's SIGTERM.
         tree.reap()
-        if tree.term_at is None:
+        if tree.term_at is None:  # (a resent stop changes nothing)
             stopped_as, grace = _stop_requested(store, job_id)
             if tree.main_status is None:
                 tree.stop_first = stopped_as
             tree.terminate(grace)
-        elif tree.main_status is None:
-            tree.terminate(tree.grace)  # a resent stop: TERM only processes that have none yet
 
     if running:
         process.kill_point("supervisor:tree-gone")
