@@ -151,16 +151,16 @@ def test_a_command_that_cannot_open_its_logs_is_never_lost(runner, pl, tmp_path)
         db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"), isolation_level=None, timeout=30)
         while not stop.is_set():
             db.execute("BEGIN IMMEDIATE")
-            time.sleep(0.03)
+            time.sleep(0.02)
             db.execute("COMMIT")
-            time.sleep(0.003)
+            time.sleep(0.02)
         db.close()
 
     t = threading.Thread(target=hammer, daemon=True)
     t.start()
     seen = []
     try:
-        for i in range(12):
+        for i in range(5):
             job = runner.ok("start", "--run-key", f"nolog{i}", "--", *pl.command(f"nolog{i}", "quick", 0))
             done = settled(runner, job["job_id"])
             seen.append((done["status"], done["exit_code"]))
