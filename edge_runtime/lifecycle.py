@@ -77,6 +77,9 @@ STOPPED = {ABORTING: ABORTED, CANCELLING: CANCELLED}
 # After the main command exits (or --timeout fires), how long the rest of the
 # tree gets between its TERM and the KILL.
 LEFTOVER_GRACE = 5.0
+# How long the supervisor of a job started from this job's tree gets, after our
+# own grace, to stop its tree and record the outcome before it is killed too.
+NESTED_STOP_GRACE = LEFTOVER_GRACE + 5.0
 
 
 # ------------------------------------------------------------- outcome record
@@ -147,16 +150,29 @@ def decide_outcome(
 
 # ------------------------------------------------------------------ the tree
 def tree_pids(row: sqlite3.Row | dict) -> list[int]:
-    """Live processes of the job when its supervisor is gone (by group, then by marker)."""
+    """Live processes of the job when its supervisor is gone (by marker and by the command's group).
+
+    The supervisor of a job started from this tree is counted, and so are that
+    job's own processes (they carry its id, not ours): this job is not over
+    while any of them runs.
+    """
+    own, nested = _orphaned_tree(row)
+    return own + [p for pids in nested.values() for p in pids]
+
+
+def _orphaned_tree(row: sqlite3.Row | dict) -> tuple[list[int], dict[int, list[int]]]:
+    """(our processes, {nested supervisor: that job's processes}) of a job whose supervisor is gone."""
     if row["boot_id"] != process.boot_id():
-        return []  # a reboot ended everything
+        return [], {}  # a reboot ended everything
     pids = proctree.marked(row["job_id"])
     if process.is_alive(row["target_pid"], row["target_start"], row["boot_id"]):
         # The command's own group, also a member that scrubbed its environment. Only while
         # its leader is provably ours: once the leader is gone its pid, and with it the
         # group id, may be reused by a stranger's group, which must never be taken for the job.
         pids += [p for p in proctree.group_members(row["target_pid"]) if p not in pids]
-    return pids
+    nested = proctree.nested_supervisors(pids, row["job_id"])
+    own = [p for p in pids if p not in nested]
+    return own, {sup: [sup, *proctree.marked(other)] for sup, other in nested.items()}
 
 
 def supervisor_alive(row: sqlite3.Row | dict) -> bool:
@@ -311,8 +327,8 @@ def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
     record = read_outcome(outcome_path(row))
     if not stopping and record is None:
         return False  # the command may still be running on its own: nobody asked to stop it
-    pids = tree_pids(row)
-    if not pids:
+    own, nested = _orphaned_tree(row)
+    if not own and not nested:
         return False
     t = time.time()
     if row["orphan_term_at"] is None:
@@ -322,12 +338,17 @@ def advance_orphaned_stop(db: sqlite3.Connection, row: sqlite3.Row) -> bool:
                 write_outcome(outcome_path(row), {"status": STOPPED[row["status"]], "exit_code": None, "error": None})
             except OSError:
                 pass  # (logs dir full or read-only) the stop goes on; the outcome will read LOST
-        proctree.send(pids, 15)
+        # A nested job's supervisor gets the TERM, not that job's processes: it stops its own tree.
+        proctree.send(own + list(nested), 15)
         return True
     grace = row["stop_grace"] if stopping and row["stop_grace"] is not None else LEFTOVER_GRACE
-    if t < row["orphan_term_at"] + grace:
+    overdue = t - (row["orphan_term_at"] + grace)
+    if overdue < 0:
         return False
-    proctree.kill_now(pids, proctree.groups_of(pids))
+    doomed = own + ([p for pids in nested.values() for p in pids] if overdue >= NESTED_STOP_GRACE else [])
+    if not doomed:
+        return False
+    proctree.kill_now(doomed, proctree.groups_of(doomed))
     db.execute("UPDATE jobs SET tree_killed=1 WHERE job_id=?", (row["job_id"],))
     return True
 

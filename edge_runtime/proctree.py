@@ -152,6 +152,20 @@ def marked(job_id: str) -> list[int]:
     return out
 
 
+def nested_supervisors(pids: list[int], job_id: str) -> dict[int, str]:
+    """Which of ``pids`` are supervisors of other jobs (started from this job's tree): pid -> their job id."""
+    prefix = b"\0" + SUPERVISOR_MARKER.encode() + b"="
+    out = {}
+    for pid in pids:
+        env = _environ(pid)
+        at = env.find(prefix)
+        if at >= 0:
+            other = env[at + len(prefix) : env.index(b"\0", at + 1)].decode(errors="replace")
+            if other != job_id:
+                out[pid] = other
+    return out
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes of the process group ``pgid`` (a member that scrubbed its environment included)."""
     out = []

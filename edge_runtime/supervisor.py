@@ -43,9 +43,6 @@ from .errors import OrchesError
 from .schema import JOBS_MIGRATIONS
 from .store import Store
 
-# How long the supervisor of a job started from this job's tree gets, after our
-# own grace, to stop its tree and record the outcome before it is killed too.
-NESTED_STOP_GRACE = lifecycle.LEFTOVER_GRACE + 5.0
 # Signals the supervisor takes synchronously (sigtimedwait) instead of in handlers.
 _WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -208,7 +205,7 @@ class _Tree:
         if snap.pids:
             self.killed = True
             proctree.kill_now(snap.pids, snap.groups)
-        if snap.nested and overdue >= NESTED_STOP_GRACE:
+        if snap.nested and overdue >= lifecycle.NESTED_STOP_GRACE:
             self.killed = True
             for sup in snap.nested:
                 below = proctree.Snapshot(sup)

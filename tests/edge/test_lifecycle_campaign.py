@@ -397,14 +397,6 @@ def _nested(runner, pl, gate: Path) -> tuple[dict, dict]:
     return outer, runner.ok("status", "--job-id", inner_job["job_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="I2/I3: nested jobs, outer supervisor dead: the readers' orphaned stop (lifecycle.advance_orphaned_stop "
-    "over tree_pids -> proctree.marked(outer)) TERMs the inner supervisor (it carries the outer's marker) and "
-    "KILLs it after the outer's grace, without the NESTED_STOP_GRACE the live-supervisor path gives it, and never "
-    "sees the inner job's own processes (marked with the inner id): the outer reads ABORTED while the inner "
-    "command still runs, and the inner job, its supervisor killed mid-stop, ends LOST",
-)
 def test_an_orphaned_stop_of_an_outer_job_stops_the_jobs_it_started(runner, pl, tmp_path):
     outer, inner = _nested(runner, pl, tmp_path / "gate")
     assert send(outer["worker_pid"], signal.SIGKILL)  # the outer job's supervisor is OOM-killed
