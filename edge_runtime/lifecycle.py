@@ -222,7 +222,19 @@ def settle_locked(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
     if decided is not None:
         finish(db, job_id, *decided)
         row = _get(db, job_id)
+        if row["status"] == NEVER_LAUNCHED:
+            _return_unused_unlock(db, row)
     return row
+
+
+def _return_unused_unlock(db: sqlite3.Connection, row: sqlite3.Row) -> None:
+    """A one-time ``unlock`` consumed by a claim whose command never ran is granted again."""
+    if row["strict_override_used"]:
+        t = time.time()
+        db.execute(
+            "UPDATE run_keys SET unlock_at=?, unlock_reason=?, updated_at=? WHERE run_key=? AND unlock_at IS NULL",
+            (t, row["override_reason"], t, row["run_key"]),
+        )
 
 
 def finish(
@@ -278,6 +290,9 @@ def abandon(db: sqlite3.Connection, job_id: str, reason: str) -> None:
         "WHERE job_id=? AND status='STARTING' AND worker_pid IS NULL",
         (reason, t, t, job_id),
     )
+    row = _get(db, job_id)
+    if row is not None and row["status"] == NEVER_LAUNCHED:
+        _return_unused_unlock(db, row)
 
 
 def request_stop(db: sqlite3.Connection, row: sqlite3.Row, final: str, reason: str | None, grace: float) -> bool:

@@ -298,3 +298,15 @@ def test_no_zombie_keeps_a_job_running(runner):
     job = runner.ok("start", "--run-key", "zombie", "--", "sh", "-c", "sleep 0.1 & exec sleep 1")
     done = wait_status(runner, "zombie", timeout=10)
     assert done["status"] == "SUCCEEDED" and done["job_id"] == job["job_id"]
+
+
+def test_an_unlock_consumed_by_a_start_that_never_launched_is_granted_again(runner):
+    runner.ok("start", "--run-key", "strict-key", "--strict", "--sync", "--", "true")
+    runner.ok("unlock", "--run-key", "strict-key", "--reason", "re-run after fix")
+    env = dict(runner.env, ORCHESJOB_TEST_KILL_AT="start:claimed")
+    assert runner.oj("start", "--run-key", "strict-key", "--strict", "--", "true", env=env).code < 0
+    assert wait_status(runner, "strict-key")["status"] == "NEVER_LAUNCHED"
+    # The override was spent on a claim that ran nothing: the next start still gets it.
+    again = runner.ok("start", "--run-key", "strict-key", "--strict", "--sync", "--", "true")
+    assert again["accepted"] and again["status"] == "SUCCEEDED" and again["attempt_no"] == 3
+    assert runner.ok("start", "--run-key", "strict-key", "--strict", "--", "true")["existing"]
