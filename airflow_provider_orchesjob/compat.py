@@ -55,8 +55,27 @@ async def run_sync(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if AIRFLOW_V3:
         from asgiref.sync import sync_to_async
 
-        return await sync_to_async(func)(*args, **kwargs)
-    return await asyncio.to_thread(func, *args, **kwargs)
+        call = sync_to_async(func)(*args, **kwargs)
+    else:
+        call = asyncio.to_thread(func, *args, **kwargs)
+    # Shielded, in a task of its own: asgiref answers a cancellation that arrives while the
+    # call runs with a CancelledError of its own, which drops the cancel's message. Airflow
+    # 3.3's triggerer calls a trigger's on_kill only when the message says "user action", so
+    # a mark-failed that arrived during a connection or state lookup stopped nothing. Now the
+    # caller gets the original cancellation at once; the call finishes unobserved.
+    task = asyncio.ensure_future(call)
+    _SYNC_CALLS.add(task)
+    task.add_done_callback(_forget_sync_call)
+    return await asyncio.shield(task)
+
+
+_SYNC_CALLS: set[asyncio.Future] = set()  # calls whose caller may have been cancelled: kept until done
+
+
+def _forget_sync_call(task: asyncio.Future) -> None:
+    _SYNC_CALLS.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned call's error is no "never retrieved" warning
 
 
 def task_instance_state_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> Any:
@@ -94,6 +113,36 @@ def task_instance_state_sync(dag_id: str, task_id: str, run_id: str, map_index: 
 # The XCom key under which a deferring try records its try number (Airflow 3), so that a
 # cancelled trigger can tell "my try still waits" from "a newer try (after a clear) waits".
 TRY_XCOM_KEY = "orchesjob_try"
+
+
+# The XCom key under which a job trigger keeps the log offsets it has streamed up to, so that a
+# trigger restarted on another triggerer (or after a triggerer crash) does not stream them again.
+LOG_OFFSETS_XCOM_KEY = "orchesjob_log_offsets"
+
+
+def task_xcom_get_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None, key: str) -> Any:
+    """One XCom value of a task instance (None if absent), from a worker or a triggerer, any version."""
+    map_index = -1 if map_index is None else map_index
+    if AIRFLOW_V3:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return XCom.get_one(key=key, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+    from airflow.models.xcom import XCom as XCom2  # Airflow 2.11: the database
+
+    return XCom2.get_one(key=key, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+
+
+def task_xcom_set_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None, key: str, value: Any) -> None:
+    """Write one XCom value of a task instance (a triggerer may: Airflow 3 through its supervisor)."""
+    map_index = -1 if map_index is None else map_index
+    if AIRFLOW_V3:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        XCom.set(key, value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+        return
+    from airflow.models.xcom import XCom as XCom2
+
+    XCom2.set(key=key, value=value, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
 
 
 def task_instance_try_sync(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> int | None:
@@ -146,6 +195,9 @@ __all__ = [
     "mask_secret",
     "run_sync",
     "TRY_XCOM_KEY",
+    "LOG_OFFSETS_XCOM_KEY",
+    "task_xcom_get_sync",
+    "task_xcom_set_sync",
     "task_instance_state",
     "task_instance_state_sync",
     "task_instance_try",

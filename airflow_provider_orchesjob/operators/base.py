@@ -130,6 +130,39 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         except Exception as exc:  # noqa: BLE001 - only a refinement of the kill check
             self.log.warning("could not record the try number: %s", exc)
 
+    # Airflow 3.3's task state store: an extra record of the remote job, nothing decides on it
+    # (the deterministic run key is what finds the job again, with no window between start and
+    # record). Versions without it (no ``task_state_store`` in the context) skip both.
+    STATE_STORE_KEY = "orchesjob_job"
+
+    def log_recorded_job(self, context: Any) -> Any:
+        """Log what an earlier try recorded in the task state store (Airflow 3.3+); return it."""
+        store = context.get("task_state_store") if hasattr(context, "get") else None
+        if store is None:
+            return None
+        try:
+            earlier = store.get(self.STATE_STORE_KEY)
+        except Exception as exc:  # noqa: BLE001 - an extra record only
+            self.log.warning("cannot read the task state store: %s", exc)
+            return None
+        if earlier:
+            self.log.info("task state store: an earlier try recorded remote job %s (run key %s, attempt %s, try %s)",
+                          earlier.get("job_id"), earlier.get("run_key"), earlier.get("attempt"),
+                          earlier.get("try"))  # fmt: skip
+        return earlier
+
+    def record_job(self, context: Any, job: dict[str, Any]) -> None:
+        """Record {run_key, job_id, attempt} in the task state store (Airflow 3.3+; its UI tab shows it)."""
+        store = context.get("task_state_store") if hasattr(context, "get") else None
+        if store is None or not job.get("job_id"):
+            return
+        value = {"run_key": job.get("run_key") or getattr(self, "run_key", None), "job_id": job["job_id"],
+                 "attempt": job.get("attempt_no"), "try": getattr(context.get("ti"), "try_number", None)}  # fmt: skip
+        try:
+            store.set(self.STATE_STORE_KEY, value)
+        except Exception as exc:  # noqa: BLE001 - an extra record only
+            self.log.warning("cannot write the task state store: %s", exc)
+
     def task_run_key(self, context: Any, explicit: str | None = None) -> str:
         """``explicit`` (a templated parameter), else the task instance's key in the connection's namespace."""
         return explicit or run_key_from_context(context, namespace=self.hook.run_key_namespace())

@@ -102,11 +102,13 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         self.remember_task_instance(context)
         self.mask_env()
         self.run_key = self.task_run_key(context, self.run_key)
-        return self.run_and_wait(context, self.start(context))
+        self.log_recorded_job(context)
+        return self.run_and_wait(context, self.start(context, first=True))
 
     def run_and_wait(self, context: Any, job: dict[str, Any]) -> Any:
         """Follow ``job`` (deferred or in the worker) to its end."""
         self._job_id = job["job_id"]
+        self.record_job(context, job)
         if job["status"] not in ACTIVE_JOB:
             return self.conclude(context, job, self._stderr_tail(job))
         if self.deferrable:
@@ -121,13 +123,26 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
             timeout=self.timeout, retry_lost=self.retry_lost,
         )  # fmt: skip
 
-    def start(self, context: Any) -> dict[str, Any]:
-        """Start, reattach to or adopt the run key's job, applying the rules of the class docstring."""
+    def start(self, context: Any, first: bool = False) -> dict[str, Any]:
+        """Start, reattach to or adopt the run key's job, applying the rules of the class docstring.
+
+        ``first``: the start of this try's ``execute``. A job still running then belongs to an
+        earlier try; when a user ended that try (cleared the task) and no ``on_kill`` stopped
+        the job, this try stops it itself and starts the next attempt after the stop.
+        """
         ti = context["ti"]
-        user_clear = is_user_clear(getattr(ti, "try_number", None), getattr(ti, "max_tries", None), self.retries)
+        try_number = getattr(ti, "try_number", None)
+        user_clear = is_user_clear(try_number, getattr(ti, "max_tries", None), self.retries)
+        stop_earlier = first and user_clear and self.abort_on_kill
         job = self._start_call(self.reuse_policy)
         for _ in range(MAX_START_ROUNDS):
             status = job["status"]
+            if stop_earlier and status in ACTIVE_JOB and status not in STOPPING and not job.get("accepted"):
+                stop_earlier = False
+                job = self._stop_earlier_try_job(job, try_number)
+                if job.get("status") not in STOPPING:
+                    job = self._start_call(self.reuse_policy)
+                continue
             if status in STOPPING:
                 self.log.warning(
                     "attempt %s of run key %s (job %s) is being stopped (%s%s): waiting until nothing of it is "
@@ -174,6 +189,18 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
                               status, job["job_id"], self.reuse_policy)  # fmt: skip
             return job
         raise AirflowException(f"run key {self.run_key}: no attempt could be started after {MAX_START_ROUNDS} rounds")
+
+    def _stop_earlier_try_job(self, job: dict[str, Any], try_number: int) -> dict[str, Any]:
+        """Stop the job an earlier try followed, on behalf of that try (a user ended it: no reattaching)."""
+        earlier = try_number - 1
+        self.log.warning(
+            "job %s (attempt %s) of run key %s still %s although a user ended the try that followed it (this try "
+            "%s exists because the task was cleared, and no on_kill stopped the job): stopping it, then starting "
+            "the next attempt", job["job_id"], job.get("attempt_no"), self.run_key, job["status"], try_number,
+        )  # fmt: skip
+        reason = stop_reason(f"an earlier try was ended by a user; stopped by try {try_number}", earlier)
+        stopped = self.hook.abort_job(job_id=job["job_id"], reason=reason, grace=self.kill_grace)
+        return {**job, **{k: v for k, v in stopped.items() if not k.endswith("_chunk")}}
 
     def _wait_stopped(self, job_id: str) -> dict[str, Any]:
         """Poll a job that is being stopped until its stop is complete."""

@@ -95,18 +95,36 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             self.log.info("dispatched job %s had not succeeded: now job %s (attempt %s, %s)", job_id,
                           job["job_id"], job.get("attempt_no"), job["status"])  # fmt: skip
             job_id = job["job_id"]
+        # The killed earlier try may still be cancelling the reservation: a cancel seen up to
+        # REARM_WINDOW from now came from it, and this try re-arms once more (never twice).
+        rearm_before = time.time() + REARM_WINDOW if rearm and not self._late_rearmed else None
         if self.deferrable:
-            trigger = OrchesJobReservationTrigger(reservation_run_key=run_key, run_key=run_key, job_id=job_id,
-                                                  **self.trigger_kwargs(context))  # fmt: skip
+            trigger = OrchesJobReservationTrigger(
+                reservation_run_key=run_key, run_key=run_key, job_id=job_id, rearm_before=rearm_before,
+                **self.trigger_kwargs(context),
+            )  # fmt: skip
             self.defer_to(context, trigger)
-        return self._wait_in_worker(context, run_key, job_id)
+        return self._wait_in_worker(context, run_key, job_id, rearm_before)
+
+    _late_rearmed = False
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") == "reservation_ended":
+            if cancelled_by_earlier_try(event["reservation"], event.get("rearm_before")):
+                return self._rearm_late(context, event["reservation"])
             raise _ended_without_job(event["reservation"])
         return super().execute_complete(context, event)
 
-    def _wait_in_worker(self, context: Any, run_key: str, job_id: str | None) -> Any:
+    def _rearm_late(self, context: Any, res: dict[str, Any]) -> Any:
+        self.log.warning(
+            "reservation %s was CANCELLED (at %s) while this try waited on it: the kill of the earlier try that "
+            "a user cleared was still cancelling it. Re-arming it once more", res.get("reservation_id"),
+            res.get("updated_at_iso") or res.get("updated_at"),
+        )  # fmt: skip
+        self._late_rearmed = True
+        return self.execute(context)
+
+    def _wait_in_worker(self, context: Any, run_key: str, job_id: str | None, rearm_before: float | None = None) -> Any:
         """Non-deferrable mode: what the reservation trigger does, polling from the worker."""
         while job_id is None:
             res = self.hook.reservation_status(run_key)["reservation"]
@@ -115,6 +133,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                 self.log.info("reservation dispatched as job %s", job_id)
             elif res["reservation_status"] in PENDING_RESERVATION:
                 time.sleep(self.poll_interval)
+            elif cancelled_by_earlier_try(res, rearm_before):
+                return self._rearm_late(context, res)
             else:
                 raise _ended_without_job(res)
         self._job_id = job_id
@@ -131,6 +151,22 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                 self.log.warning("could not cancel reservation %s: %s", self.run_key, exc)
             return
         super().on_kill()
+
+
+REARM_WINDOW = 60.0  # seconds: Airflow's on_kill budget (30 s) with room to spare
+
+
+def cancelled_by_earlier_try(res: dict[str, Any], rearm_before: float | None) -> bool:
+    """A reservation CANCELLED without a job no later than ``rearm_before`` (set only by a try that
+    a user's clear started): the cancel came from the killed earlier try, not from this one.
+
+    The host records no origin for a reservation's cancel; its time is what tells. A person who
+    cancels it on the host within ``REARM_WINDOW`` of such a clear is taken for that kill.
+    """
+    if rearm_before is None or res.get("reservation_status") != "CANCELLED" or res.get("job_id"):
+        return False
+    cancelled_at = res.get("updated_at")
+    return isinstance(cancelled_at, (int, float)) and cancelled_at <= rearm_before
 
 
 def _ended_without_job(res: dict[str, Any]) -> AirflowException:

@@ -32,7 +32,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..compat import AIRFLOW_V3_3, BaseTrigger, TriggerEvent, run_sync, task_instance_state, task_instance_try
+from ..compat import (
+    AIRFLOW_V3_3,
+    LOG_OFFSETS_XCOM_KEY,
+    BaseTrigger,
+    TriggerEvent,
+    run_sync,
+    task_instance_state,
+    task_instance_try,
+    task_xcom_get_sync,
+    task_xcom_set_sync,
+)
 from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotFound
 from ..hooks.batching import until_next_tick
 from ..utils.lifecycle import (
@@ -52,6 +62,33 @@ TAIL_BYTES = 4096
 CATCH_UP_BYTES = 1 << 20
 ABORT_TIMEOUT = 25.0  # below Airflow's default on_kill budget (30 s)
 KILL_STOP_WAIT = 3.0  # a kill asks for the stop and returns: the host finishes it on its own
+
+
+# Stops under way in tasks of their own, referenced here until they end (see outlive_cancellation).
+_STOPS: set[asyncio.Task] = set()
+
+
+async def outlive_cancellation(coro: Any) -> Any:
+    """Await ``coro`` in a task of its own that a cancellation of the caller does not stop.
+
+    Airflow 3.3's triggerer sends its "user action" cancel to a trigger again on every
+    loop (about once a second) until the trigger has ended, also while ``on_kill`` runs:
+    a state lookup and stop awaited directly were cut off in about 1 run of 4, before the
+    stop reached the host. The caller is still cancelled at once; the stop goes on, bounded
+    by its own timeouts (``ABORT_TIMEOUT``), while the triggerer runs.
+    """
+    task = asyncio.ensure_future(coro)
+    _STOPS.add(task)
+    task.add_done_callback(_STOPS.discard)
+    return await asyncio.shield(task)
+
+
+DEADLINE_POLL_SLACK = 2.0  # a poll in flight at the deadline may finish this much later
+UNREACHABLE_STOP_TIMEOUT = 8.0  # the stop attempt after a deadline reached with the host not answering
+
+
+class _DeadlineDuringPoll(Exception):
+    """The deadline passed while a poll still waited for the host."""
 
 
 def chunk_bytes(chunk: dict | None) -> bytes:
@@ -161,8 +198,8 @@ class _PollingTrigger(BaseTrigger):
         except asyncio.CancelledError:
             # Before 3.3 there is no on_kill: a user's kill, a move to another triggerer and
             # a triggerer shutdown all arrive here; the task's state tells them apart.
-            if self.abort_on_kill and not AIRFLOW_V3_3 and await self._confirm_user_kill():
-                await self._stop_quietly("task killed by a user while deferred", KILL_STOP_WAIT)
+            if self.abort_on_kill and not AIRFLOW_V3_3:
+                await outlive_cancellation(self._stop_if_user_kill())
             raise
 
     async def _loop(self) -> AsyncIterator[TriggerEvent]:
@@ -173,8 +210,13 @@ class _PollingTrigger(BaseTrigger):
                 yield TriggerEvent(await self._deadline_event())
                 return
             try:
-                payload = await self.poll(hook)
+                payload = await self._poll_until_deadline(hook)
                 failing_since = None
+            except _DeadlineDuringPoll as exc:
+                # The host did not answer before the deadline (the hook was still reconnecting):
+                # one short stop attempt, then fail at once, saying the stop could not be made.
+                yield TriggerEvent(await self._deadline_event(unreachable=str(exc)))
+                return
             except OrchesJobError as exc:
                 retryable = exc.retryable if isinstance(exc, OrchesJobConnectionError) else exc.transient
                 if not retryable:
@@ -195,17 +237,45 @@ class _PollingTrigger(BaseTrigger):
                 sleep = max(0.0, min(sleep, self.deadline - time.time()))
             await asyncio.sleep(sleep)
 
+    async def _poll_until_deadline(self, hook: Any) -> dict[str, Any] | None:
+        """One poll, cut off at the deadline: the hook's reconnect loop must not outlive it."""
+        if self.deadline is None:
+            return await self.poll(hook)
+        limit = max(self.deadline - time.time(), 0.0) + DEADLINE_POLL_SLACK
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the poll
+        # ends, and a user's kill must always reach the triggerer's on_kill path.
+        task = asyncio.ensure_future(self.poll(hook))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=limit)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            raise _DeadlineDuringPoll(f"no answer from the host within {limit:.0f} s before the deadline")
+        return task.result()
+
     def state(self) -> dict[str, Any]:
         """Resumable state included in every event."""
         return {}
 
-    async def _deadline_event(self) -> dict[str, Any]:
-        """Stop the remote work because the deadline passed; say truthfully what happened."""
+    async def _deadline_event(self, unreachable: str | None = None) -> dict[str, Any]:
+        """Stop the remote work because the deadline passed; say truthfully what happened.
+
+        ``unreachable``: the last poll got no answer before the deadline. The stop is then tried
+        once, for a few seconds only, and the event says the host could not be reached.
+        """
         if not self.abort_on_kill:
             message = "timeout: the deadline passed while deferred; remote work left running (abort_on_kill=False)"
             return {"status": "timeout", "message": message, "stop": None, "stop_error": None, **self.state()}
-        stop, error = await self._stop_quietly("deadline reached (execution_timeout / trigger_timeout)",
-                                               self.kill_grace + 10)  # fmt: skip
+        why = "deadline reached (execution_timeout / trigger_timeout)"
+        if unreachable is not None:
+            stop, error = await self._stop_quietly(why, 0, limit=UNREACHABLE_STOP_TIMEOUT)
+            if error is not None:
+                error = f"could not reach the host to stop the job ({unreachable}; stop: {error})"
+        else:
+            stop, error = await self._stop_quietly(why, self.kill_grace + 10)
         what = "timeout: the task's deadline passed while it was deferred"
         if stop is not None:
             stop = {k: v for k, v in stop.items() if not k.endswith("_chunk")}
@@ -215,14 +285,20 @@ class _PollingTrigger(BaseTrigger):
     async def on_kill(self) -> None:  # Airflow >= 3.3
         # 3.3 also calls on_kill for a trigger that moved to another triggerer (a stalled
         # one resumed): the task instance's state decides whether a person acted.
-        if self.abort_on_kill and await self._confirm_user_kill():
+        if self.abort_on_kill:
+            await outlive_cancellation(self._stop_if_user_kill())
+
+    async def _stop_if_user_kill(self) -> None:
+        if await self._confirm_user_kill():
             await self._stop_quietly("task killed by a user while deferred", KILL_STOP_WAIT)
 
-    async def _stop_quietly(self, why: str, wait: float) -> tuple[dict[str, Any] | None, str | None]:
+    async def _stop_quietly(
+        self, why: str, wait: float, limit: float = ABORT_TIMEOUT
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """(host answer, None) or (None, error text). Bounded: a dead host must not hang the triggerer."""
         try:
             stopped = await asyncio.wait_for(
-                self.abort_remote(await self.hook(), stop_reason(why, self.try_number), wait), ABORT_TIMEOUT
+                self.abort_remote(await self.hook(), stop_reason(why, self.try_number), wait), limit
             )
             self.log.warning("stop of remote work (%s): %s", why, (stopped or {}).get("status", "nothing to stop"))
             return stopped, None
@@ -295,6 +371,9 @@ class OrchesJobTrigger(_PollingTrigger):
         self.max_bytes = max_bytes
         self.stderr_tail = stderr_tail
         self._tail = base64.b64decode(stderr_tail) if stderr_tail else b""
+        self._progress_loaded = False  # the saved log offsets were read (once per trigger instance)
+        self._progress_saved: tuple | None = None  # what was saved last
+        self._progress_broken = False  # saving failed once: stop trying (only a refinement)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -333,7 +412,63 @@ class OrchesJobTrigger(_PollingTrigger):
             for line in data.decode("utf-8", "replace").splitlines():
                 self.log.info("[remote %s] %s", stream, line)
 
+    # Log progress. The kwargs hold the offsets of the moment of deferral; a trigger restarted
+    # after a triggerer crash would stream everything since then again. So the trigger saves
+    # its offsets (XCom ``orchesjob_log_offsets`` of the task instance) after each poll that
+    # logged something, and a new trigger instance resumes from them: at most one poll's output
+    # is logged twice (the one logged but not yet saved when the triggerer died).
+    def _ti_ref(self) -> tuple | None:
+        ti = getattr(self, "task_instance", None)
+        if ti is None or not self.stream_logs:
+            return None
+        return ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)
+
+    async def _load_progress(self) -> None:
+        self._progress_loaded = True
+        ref = self._ti_ref()
+        if ref is None or self.job_id is None:
+            return
+        try:
+            saved = await run_sync(task_xcom_get_sync, *ref, LOG_OFFSETS_XCOM_KEY)
+        except Exception as exc:  # noqa: BLE001 - only a refinement: stream from the kwargs' offsets
+            self.log.warning("cannot read the saved log offsets (%s): streaming from the deferral's", exc)
+            return
+        if not isinstance(saved, dict) or saved.get("job_id") != self.job_id or saved.get("try") != self.try_number:
+            return
+        out, err = int(saved.get("stdout_offset") or 0), int(saved.get("stderr_offset") or 0)
+        if (
+            out >= self.stdout_offset
+            and err >= self.stderr_offset
+            and (out, err)
+            != (
+                self.stdout_offset,
+                self.stderr_offset,
+            )
+        ):
+            self.log.info("resuming the remote log of job %s at stdout %d / stderr %d bytes (already logged by "
+                          "an earlier instance of this trigger)", self.job_id, out, err)  # fmt: skip
+            self.stdout_offset, self.stderr_offset = out, err
+            if saved.get("stderr_tail"):
+                self._tail = base64.b64decode(saved["stderr_tail"])
+        self._progress_saved = (self.job_id, self.stdout_offset, self.stderr_offset)
+
+    async def _save_progress(self) -> None:
+        ref = self._ti_ref()
+        current = (self.job_id, self.stdout_offset, self.stderr_offset)
+        if ref is None or self._progress_broken or current == self._progress_saved:
+            return
+        value = {"job_id": self.job_id, "try": self.try_number, "stdout_offset": self.stdout_offset,
+                 "stderr_offset": self.stderr_offset, "stderr_tail": base64.b64encode(self._tail).decode()}  # fmt: skip
+        try:
+            await run_sync(task_xcom_set_sync, *ref, LOG_OFFSETS_XCOM_KEY, value)
+            self._progress_saved = current
+        except Exception as exc:  # noqa: BLE001 - only a refinement
+            self._progress_broken = True
+            self.log.warning("cannot save the log offsets (%s): a restarted trigger may log output twice", exc)
+
     async def poll(self, hook: Any) -> dict[str, Any] | None:
+        if not self._progress_loaded:
+            await self._load_progress()
         logs: dict[str, Any] = {}
         if self.stream_logs:
             logs = {
@@ -350,9 +485,11 @@ class OrchesJobTrigger(_PollingTrigger):
         self.job_id = job["job_id"]
         self._consume(job)
         if job["status"] in ACTIVE_JOB:
+            await self._save_progress()
             return None
         if not (chunk_done(job.get("stdout_chunk")) and chunk_done(job.get("stderr_chunk"))):
             self._poll_now = True  # finished with output left: fetch the rest at once, in bigger chunks
+            await self._save_progress()
             return None
         job.pop("stdout_chunk", None)
         job.pop("stderr_chunk", None)
@@ -368,16 +505,19 @@ class OrchesJobTrigger(_PollingTrigger):
 class OrchesJobReservationTrigger(OrchesJobTrigger):
     """Wait until a reservation is dispatched, then follow its job like :class:`OrchesJobTrigger`."""
 
-    def __init__(self, *, reservation_run_key: str, **kwargs: Any) -> None:
+    def __init__(self, *, reservation_run_key: str, rearm_before: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reservation_run_key = reservation_run_key
+        # Set by a try that exists because a user cleared the task: a reservation cancelled up to
+        # this epoch second was cancelled by the earlier try's kill (see the operator).
+        self.rearm_before = rearm_before
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         path, kwargs = super().serialize()
-        return path, {**kwargs, "reservation_run_key": self.reservation_run_key}
+        return path, {**kwargs, "reservation_run_key": self.reservation_run_key, "rearm_before": self.rearm_before}
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "reservation_run_key": self.reservation_run_key}
+        return {**super().state(), "reservation_run_key": self.reservation_run_key, "rearm_before": self.rearm_before}
 
     async def poll(self, hook: Any) -> dict[str, Any] | None:
         if self.job_id is not None:

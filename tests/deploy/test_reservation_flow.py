@@ -36,15 +36,7 @@ def reservation(dep, key: str) -> dict:
     return json.loads(r.stdout)["reservation"]
 
 
-RACE_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="provider: a task cleared while the killed try's on_kill is still cancelling its reservation finds "
-    "the reservation RESERVED, defers on it, then ends on CANCELLED without a job: a new try must wait for the "
-    "cancellation and re-arm (the job rule of issue 11, applied to reservations)",
-)
-
-
-@pytest.mark.parametrize("clear_when", ["after-cancel", pytest.param("at-once", marks=RACE_XFAIL)])
+@pytest.mark.parametrize("clear_when", ["after-cancel", "at-once"])
 def test_f_reservation_task_killed_and_cleared_is_rearmed_and_dispatched_once(dep, dispatcher, clear_when):
     dag_id, tok = "deploy_reservation", uuid.uuid4().hex[:8]
     counter = dep.counter(f"f-res-{tok}")

@@ -74,12 +74,6 @@ def test_g_trigger_timeout_stops_the_remote_job_and_says_so(dep):
     assert not any(w in log for w in STOP_FAILED_WORDS), log[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: with the host unreachable the trigger's deadline is not acted on while the hook keeps "
-    "retrying the connection (reconnect attempts every ~10 s past trigger_timeout); the task failed only after "
-    "the host came back, ~95 s after the deadline (issue 11: the timeout must stop, or say it could not)",
-)
 def test_g_trigger_timeout_with_the_host_unreachable_says_the_stop_failed(dep):
     dag_id, tok = "deploy_trigger_timeout", token()
     counter = dep.counter(f"g-unreach-{tok}")

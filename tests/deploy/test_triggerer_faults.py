@@ -91,12 +91,6 @@ def test_a_triggerer_sigkilled_with_20_deferred_tasks_all_succeed_once(dep, scen
         assert [a["status"] for a in attempts] == ["SUCCEEDED"], (i, attempts)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: after the triggerer SIGKILL the trigger resumes streaming from the log offsets serialized "
-    "at defer time, so every output line printed before the kill appears twice in the task log (2 runs of 3 "
-    "here: 6-7 lines repeated, one poll's worth allowed = 3)",
-)
 def test_a_task_log_repeats_at_most_one_poll_after_the_triggerer_restart(dep, scenario_a):
     # The task logs show the remote output, repeating at most one poll's worth after the triggerer change.
     seconds, allowed = scenario_a["seconds"], int(POLL_INTERVAL * LINES_PER_SECOND) + 1

@@ -40,11 +40,6 @@ def deferred_job(dep, counter: str, tok: str) -> tuple[str, str]:
     return run_id, run_key(DAG, "job", run_id)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: in 1 run of 4 the remote job of a deferred task marked failed was not stopped within 90 s "
-    "(the trigger was removed, nothing reached the host); 2-2.5 s in the other runs",
-)
 def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
     tok = token()
     counter = dep.counter(f"d-failed-{tok}")
@@ -59,13 +54,6 @@ def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
     assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="provider: clearing a deferred task sometimes (1 run in 3 here) ends the old trigger without "
-    "on_kill ('trigger completed', no 'cancelled by user action' in its log); the new try then reattaches to "
-    "the still-running job, which is never stopped and no new attempt starts (issue 11: a cleared try must "
-    "stop the old job and start the next attempt after the stop)",
-)
 def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep):
     tok = token()
     counter = dep.counter(f"d-cleared-{tok}")
