@@ -194,9 +194,10 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         """Stop the job an earlier try followed, on behalf of that try (a user ended it: no reattaching)."""
         earlier = try_number - 1
         self.log.warning(
-            "job %s (attempt %s) of run key %s still %s although a user ended the try that followed it (this try "
-            "%s exists because the task was cleared, and no on_kill stopped the job): stopping it, then starting "
-            "the next attempt", job["job_id"], job.get("attempt_no"), self.run_key, job["status"], try_number,
+            "job %s (attempt %s) of run key %s is still %s, but the earlier try that followed it was ended by a "
+            "user (this try, %s, exists because the task was cleared) and nothing stopped the job yet: stopping "
+            "it, then starting the next attempt", job["job_id"], job.get("attempt_no"), self.run_key, job["status"],
+            try_number,
         )  # fmt: skip
         reason = stop_reason(f"an earlier try was ended by a user; stopped by try {try_number}", earlier)
         stopped = self.hook.abort_job(job_id=job["job_id"], reason=reason, grace=self.kill_grace)

@@ -76,6 +76,9 @@ def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep)
         "the new try started its attempt only after the old one was stopped"
     )
     assert dep.host_lines(counter) == ["run", "run"]
+    # Airflow 3.3's task state store: the first try recorded its job, the new try logs what it found there.
+    log = dep.task_log(DAG, run_id, "job", dep.ti(DAG, run_id, "job")["try_number"])
+    assert f"task state store: an earlier try recorded remote job {first['job_id']}" in log, log[-3000:]
 
 
 def test_e_user_clearing_a_succeeded_task_runs_it_again(dep):
