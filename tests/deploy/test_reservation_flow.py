@@ -40,8 +40,8 @@ RACE_XFAIL = pytest.mark.xfail(
     strict=False,
     reason="Airflow 3.3 (not the provider): marked failed then cleared within ~0.3 s, the scheduler marked the "
     "DAG run failed while the clear ran, so the cleared try was never scheduled and the old trigger was never "
-    "cancelled (reservation left RESERVED); 1 run of 2 at 21:25 UTC. The provider half (a new try re-arms a "
-    "reservation the killed try cancels while it waits) passed in the other run",
+    "cancelled (reservation left RESERVED); 1 run of 4 (21:25 UTC). The provider half (a new try re-arms a "
+    "reservation the killed try cancels while it waits) passed in the other 3",
 )
 
 
