@@ -7,7 +7,7 @@ mechanisms keep every descendant accounted for, without root:
 * **Subreaper.** The supervisor marks itself a *child subreaper*
   (``prctl(PR_SET_CHILD_SUBREAPER)``, Linux >= 3.4). A descendant whose parent
   exits is re-parented to the supervisor instead of to init, so the tree stays a
-  tree under the supervisor: ``descendants(supervisor_pid)`` is the whole job,
+  tree under the supervisor: a ``Snapshot`` of the supervisor is the whole job,
   whatever sessions and groups its members moved to.
 * **Environment marker.** Every process of the job inherits
   ``ORCHESJOB_JOB_ID=<job id>``. If the supervisor itself is gone (OOM killer,
@@ -132,11 +132,6 @@ class Snapshot:
 
     def __bool__(self) -> bool:
         return bool(self.pids or self.nested)
-
-
-def descendants(root: int) -> list[int]:
-    """Live (non-zombie) descendants of ``root``, parents before their children."""
-    return Snapshot(root).pids
 
 
 def marked(job_id: str) -> list[int]:
