@@ -150,14 +150,19 @@ _BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Stat
 )
 
 
-def status_batcher(hook: Any) -> StatusBatcher:
-    """The batcher of this event loop for the hook's host and edge settings."""
-    per_loop = _BATCHERS.setdefault(asyncio.get_running_loop(), {})
+def _batcher_for(registry: weakref.WeakKeyDictionary, cls: type, hook: Any) -> Any:
+    """The ``cls`` batcher of this event loop for the hook's host and edge settings (made on first use)."""
+    per_loop = registry.setdefault(asyncio.get_running_loop(), {})
     key = hook.target_key()
     batcher = per_loop.get(key)
     if batcher is None:
-        batcher = per_loop[key] = StatusBatcher(hook)
+        batcher = per_loop[key] = cls(hook)
     return batcher
+
+
+def status_batcher(hook: Any) -> StatusBatcher:
+    """The status batcher of this event loop for the hook's host and edge settings."""
+    return _batcher_for(_BATCHERS, StatusBatcher, hook)
 
 
 MAX_SCRIPT_COMMANDS = 20  # commands per shared session: they run one after another on the host
@@ -247,9 +252,4 @@ _COMMAND_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tup
 
 def command_batcher(hook: Any) -> CommandBatcher:
     """The command batcher of this event loop for the hook's host and edge settings."""
-    per_loop = _COMMAND_BATCHERS.setdefault(asyncio.get_running_loop(), {})
-    key = hook.target_key()
-    batcher = per_loop.get(key)
-    if batcher is None:
-        batcher = per_loop[key] = CommandBatcher(hook)
-    return batcher
+    return _batcher_for(_COMMAND_BATCHERS, CommandBatcher, hook)
