@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from .errors import LockError, OrchesError, UsageError
 
@@ -106,10 +107,12 @@ class Store:
     def _refuse_foreign(self) -> None:
         # Tables but no version of ours: another program's file (e.g. the public
         # orchesjob release uses the same file name). Never touch it.
-        if (
-            self.conn.execute("PRAGMA user_version").fetchone()[0] == 0
-            and self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        ):
+        # One statement, so one snapshot: another process may be creating our
+        # schema right now, and its tables and version appear together.
+        version, tables = self.conn.execute(
+            "SELECT user_version, (SELECT count(*) FROM sqlite_master) FROM pragma_user_version"
+        ).fetchone()
+        if version == 0 and tables:
             raise OrchesError(
                 f"database {self.path} was not created by this edge runtime (unknown schema); "
                 "point ORCHESJOB_HOME (or --db) at a separate directory",
@@ -118,8 +121,7 @@ class Store:
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         self._refuse_foreign()
-        # journal_mode is persistent in the file; set it once, outside a transaction.
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         with self.write():
             self._refuse_foreign()  # again under the lock: another process may have raced us
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -128,6 +130,24 @@ class Store:
                     if statement.strip():
                         self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={number}")
+
+    def _use_wal(self) -> None:
+        # journal_mode is persistent in the file; set it once, outside a transaction.
+        # The switch needs the file to itself for an instant, and SQLite answers
+        # "locked" at once, without its busy handler, while another process that
+        # opens the same new file holds a read lock: wait for that here, as long
+        # as any other lock would be waited for.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.001
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def write(self) -> _WriteTransaction:
         """One write transaction holding the database write lock from its start.

@@ -396,15 +396,23 @@ class OrchesJobHook(BaseHook):
         if transport.host_id in self._checked:
             return
         argv = commands.runtime_info()
-        try:
-            result = transport.run(argv, timeout=60)
-        except OrchesJobConnectionError as exc:
-            if not exc.retryable:
-                raise
-            return  # run_cli's own retry loop reports connection problems
-        if result.exit_code == 127 and self.target_key() in _RUNTIME_SEEN:
-            return  # an upgrade in progress: run_cli retries the call itself
-        self._accept_info(transport.host_id, result)
+        delays = backoff_delays(budget=self.connect_budget)
+        while True:
+            try:
+                result = transport.run(argv, timeout=60)
+            except OrchesJobConnectionError as exc:
+                if not exc.retryable:
+                    raise
+                return  # run_cli's own retry loop reports connection problems
+            if result.exit_code == 127 and self.target_key() in _RUNTIME_SEEN:
+                return  # an upgrade in progress: run_cli retries the call itself
+            try:
+                self._accept_info(transport.host_id, result)
+                return
+            except OrchesJobError as exc:
+                # A lock timeout (e.g. another call creating the database of a
+                # new home) is asked again; anything else is the answer.
+                time.sleep(self._transient_delay(exc, delays))
 
     def _accept_info(self, host_id: str, result: CommandResult) -> dict:
         argv = commands.runtime_info()

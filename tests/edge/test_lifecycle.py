@@ -76,19 +76,32 @@ def retry_while_active(runner, key: str, command: list[str], first: dict, *extra
 
 # ------------------------------------------------------------ the job is its tree
 TREE_SHAPES = {
-    # sh exits at once; its TERM-ignoring child lives on in the same group
-    "background-child": '(trap "" TERM; sleep 10) & exit 3',
+    # sh exits; its TERM-ignoring child lives on in the same group
+    "background-child": '(trap "" TERM; touch {ready}; sleep 10) & {wait}; exit 3',
     # a descendant in its own session and group (sudo use_pty, daemonising scripts)
-    "setsid-descendant": 'setsid sh -c "trap \\"\\" TERM; sleep 10" & exit 3',
+    "setsid-descendant": 'setsid sh -c "trap \\"\\" TERM; touch {ready}; sleep 10" & {wait}; exit 3',
     # classic daemon: double fork, the grandchild is orphaned at once
-    "double-fork": '(sh -c "trap \\"\\" TERM; sleep 10" &) ; exit 3',
+    "double-fork": '(sh -c "trap \\"\\" TERM; touch {ready}; sleep 10" &) ; {wait}; exit 3',
 }
 
 
+def tree_shape(shape: str, tmp_path) -> str:
+    """The shape's body; the main command exits only once the leftover ignores TERM.
+
+    Without the wait, the supervisor's single TERM round could reach the leftover
+    before its trap is installed, and the test would see a correct but different
+    story (the leftover dies at once).
+    """
+    ready = tmp_path / f"{shape}.ready"
+    wait = f"while [ ! -e {ready} ]; do sleep 0.01; done"
+    return TREE_SHAPES[shape].format(ready=ready, wait=wait)
+
+
 @pytest.mark.parametrize("shape", sorted(TREE_SHAPES))
-def test_leftovers_keep_the_job_active_until_the_whole_tree_is_gone(runner, payload, shape):
-    command = payload.command(TREE_SHAPES[shape])
+def test_leftovers_keep_the_job_active_until_the_whole_tree_is_gone(runner, payload, shape, tmp_path):
+    command = payload.command(tree_shape(shape, tmp_path))
     first = runner.ok("start", "--run-key", shape, "--", *command)
+    wait_until(lambda: (tmp_path / f"{shape}.ready").exists())
     time.sleep(0.3)
     # The main command has exited 3; what it left behind still holds the lock.
     assert runner.ok("status", "--run-key", shape)["status"] in ("RUNNING",)

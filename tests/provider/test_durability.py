@@ -6,6 +6,7 @@ No host here: the hook and Airflow's stores are replaced by small fakes, so each
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 
@@ -200,3 +201,48 @@ def test_a_cancellation_during_a_sync_call_keeps_its_message():
         return None
 
     assert asyncio.run(scenario()) == ("__airflow_user_action__",)
+
+
+class _ReplayTransport:
+    """Answers each call with the next of ``answers`` (exit code, stdout, stderr) and records the argv."""
+
+    host_id = "edge-fake"
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, stdin=None, timeout=None):
+        from airflow_provider_orchesjob.hooks.transport import CommandResult
+
+        self.calls.append(list(argv))
+        code, out, err = self.answers.pop(0)
+        return CommandResult(code, json.dumps(out).encode() if out is not None else b"", err.encode())
+
+
+def test_a_locked_database_during_the_first_info_is_asked_again_not_fatal(monkeypatch):
+    from airflow_provider_orchesjob import __version__
+    from airflow_provider_orchesjob.hooks import OrchesJobHook
+    from airflow_provider_orchesjob.hooks.orchesjob import REQUIRED_CAPABILITIES
+
+    locked = json.dumps({"error": "database is locked: /h/orchesjob.db", "error_type": "lock_error"})
+    info = {"version": __version__, "capabilities": list(REQUIRED_CAPABILITIES)}
+    transport = _ReplayTransport((5, None, locked), (0, info, ""), (0, {"status": "RUNNING"}, ""))
+    hook = OrchesJobHook(None, connect_budget=5)
+    monkeypatch.setattr(hook, "get_conn", lambda: transport)
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
+    # A new home: another call was creating its database when `info` asked.
+    assert hook.run_cli(["orchesjob", "status", "--run-key", "k"]) == {"status": "RUNNING"}
+    assert [c[:2] for c in transport.calls] == [["orchesjob", "info"], ["orchesjob", "info"], ["orchesjob", "status"]]
+
+
+def test_an_incompatible_runtime_is_not_asked_again(monkeypatch):
+    from airflow_provider_orchesjob.exceptions import OrchesJobRuntimeIncompatible
+    from airflow_provider_orchesjob.hooks import OrchesJobHook
+
+    transport = _ReplayTransport((0, {"version": "0.0.1", "capabilities": []}, ""))
+    hook = OrchesJobHook(None, connect_budget=5)
+    monkeypatch.setattr(hook, "get_conn", lambda: transport)
+    with pytest.raises(OrchesJobRuntimeIncompatible):
+        hook.run_cli(["orchesjob", "status", "--run-key", "k"])
+    assert len(transport.calls) == 1

@@ -58,6 +58,7 @@ def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
             break
         except Exception:  # noqa: BLE001 - not reserved yet
             time.sleep(0.05)
+    assert not outcome, f"execute() ended before it was killed: {outcome}"
     op.on_kill()
     worker.join(20)
     assert not worker.is_alive()
