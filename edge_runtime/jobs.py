@@ -22,7 +22,7 @@ import sqlite3
 import sys
 import time
 
-from . import claim, lifecycle, process
+from . import lifecycle, process
 from .errors import InvalidState, NotFound, OrchesError, ResourceError, UsageError
 from .home import jobs_db_path, jobs_home, logs_dir
 from .jobview import (
@@ -95,29 +95,36 @@ class Jobs:
 
     # --------------------------------------------------------------- liveness
     def _judge(self, row: sqlite3.Row) -> sqlite3.Row:
-        """Return ``row``, first moving a recorded stop along and settling a job whose processes are all gone."""
-        if row["status"] in lifecycle.STOPPED or (row["status"] == "RUNNING" and not lifecycle.supervisor_alive(row)):
-            row = self._carry_out_stop(row)
+        """Return ``row``, first moving a recorded stop along and settling a job whose processes are all gone.
+
+        The poll of a running job pays one /proc read: its supervisor is alive.
+        """
+        if row["status"] not in lifecycle.ACTIVE:
+            return row
+        if lifecycle.supervisor_alive(row):
+            if row["status"] in lifecycle.STOPPED:
+                # The process that recorded the stop may have died before it
+                # signalled (a killed `abort`, a dropped SSH session): signal
+                # again; a repeat is a no-op for the supervisor.
+                process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
+            return row
+        if row["status"] != lifecycle.STARTING:
+            row = self._carry_out_orphaned_stop(row)
         if lifecycle.settlement(row) is None:
             return row
         with self.store.write() as db:
             return lifecycle.settle_locked(db, row["job_id"])
 
-    def _carry_out_stop(self, row: sqlite3.Row) -> sqlite3.Row:
-        """Whoever reads a job being stopped helps the stop happen.
+    def _carry_out_orphaned_stop(self, row: sqlite3.Row) -> sqlite3.Row:
+        """A job whose supervisor is gone: whoever reads it helps its stop happen.
 
-        The process that recorded ABORTING may have died before it signalled
-        (a killed ``abort``, a dropped SSH session): a live supervisor gets the
-        signal again (a repeat is a no-op for it); a dead one's tree is stopped
-        here, one step per read (``lifecycle.advance_orphaned_stop``) — as are
-        the leftovers of a command whose supervisor died after recording its outcome.
+        The tree is stopped here, one step per read (``lifecycle.advance_orphaned_stop``),
+        when a stop was recorded or the supervisor recorded the outcome before it
+        died (the command's leftovers); a command running on without its supervisor
+        that nobody asked to stop is only watched.
         """
-        if lifecycle.supervisor_alive(row):
-            if row["status"] in lifecycle.STOPPED:
-                process.signal_process(row["worker_pid"], row["worker_start"], row["boot_id"], 15)
-            return row
         if row["status"] not in lifecycle.STOPPED and lifecycle.read_outcome(lifecycle.outcome_path(row)) is None:
-            return row  # running on without its supervisor, nobody asked to stop it: only watched
+            return row
         with self.store.write() as db:
             current = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
             if not lifecycle.advance_orphaned_stop(db, current):
@@ -175,6 +182,8 @@ class Jobs:
                     "UPDATE jobs SET request_id = request_id || ' (never launched: ' || job_id || ')' WHERE job_id=?",
                     (first["job_id"],),
                 )
+            from . import claim  # only a start claims: a poll never imports it
+
             existing, override = claim.decide(db, run_key, reuse_policy, retry_lost)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
@@ -485,6 +494,8 @@ class Jobs:
                 job_id=source["job_id"],
                 status=source["status"],
             )
+        from . import claim
+
         with self.store.write() as db:
             new_id = claim.insert_job(
                 db,

@@ -107,12 +107,23 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _untranslated_argparse() -> None:
+    # argparse asks gettext for a catalogue for each of its own strings (~30 while
+    # a CLI builds its parser); each lookup normalises the locale and stats four
+    # catalogue paths that do not exist, ~1.5 ms of every call's start-up. The
+    # runtime ships no catalogues and answers in JSON, so the English text is used
+    # as it is, for the CLI process only (library users of the package keep gettext).
+    argparse._ = str
+    argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
+
+
 def run_cli(main: Callable[[list[str]], int], exit_codes: Mapping[str, int] | None = None) -> NoReturn:
     """Run ``main(argv)`` and turn every failure into one JSON object on stderr.
 
     ``exit_codes`` maps an error kind to this tool's exit code where it differs
     from the default of ``OrchesError`` subclasses.
     """
+    _untranslated_argparse()
     try:
         code = main(sys.argv[1:])
     except OrchesError as exc:
