@@ -25,4 +25,5 @@ CAPABILITIES = (
     "clean-older-than",
     "job-lifecycle-v2",
     "reserve-rearm",
+    "job-labels",
 )

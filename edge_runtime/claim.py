@@ -81,6 +81,7 @@ def insert_job(
     rerun_of: str | None = None,
     rerun_reason: str | None = None,
     request_id: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> str:
     t = now()
     db.execute(
@@ -95,8 +96,8 @@ def insert_job(
         db.execute(
             "INSERT INTO jobs (job_id, run_key, attempt_no, status, command, cwd, env, timeout, mode, "
             "reuse_policy, strict_override_used, override_reason, boot_id, claimer_pid, claimer_start, "
-            "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at, request_id) "
-            "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "stdout_file, stderr_file, rerun_of_job_id, rerun_reason, started_at, updated_at, request_id, labels) "
+            "VALUES (?, ?, ?, 'STARTING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 run_key,
@@ -118,6 +119,7 @@ def insert_job(
                 t,
                 t,
                 request_id,
+                json.dumps(labels, sort_keys=True) if labels else None,
             ),
         )
     except sqlite3.IntegrityError as exc:

@@ -41,7 +41,7 @@ from .schema import (
     REUSE_POLICIES,
     TERMINAL_JOB_STATUSES,
 )
-from .store import CLEAN_BATCH, Store, clean_selection, validate_run_key
+from .store import CLEAN_BATCH, Store, clean_selection, validate_labels, validate_run_key
 from .timefmt import now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -145,6 +145,7 @@ class Jobs:
         timeout: float | None = None,
         request_id: str | None = None,
         retry_lost: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Start ``command`` under ``run_key`` or return the attempt that must not be repeated.
 
@@ -155,6 +156,7 @@ class Jobs:
         after LOST (an unknown outcome: the command may have completed).
         """
         validate_run_key(run_key)
+        labels = validate_labels(labels)
         if request_id is not None and (not request_id or len(request_id) > 200 or "\x00" in request_id):
             raise UsageError("--request-id must be 1-200 characters")
         if not command:
@@ -205,6 +207,7 @@ class Jobs:
                 reuse_policy=reuse_policy,
                 override=override,
                 request_id=request_id,
+                labels=labels,
             )
         return self._launch(job_id, sync=sync, start_timeout=start_timeout)
 
@@ -318,9 +321,13 @@ class Jobs:
         override = self._override(run_key)
         return [dict(job_json(self._judge(r)), strict_override=override) for r in rows]
 
-    def running(self) -> list[dict[str, Any]]:
+    def running(self, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every active job, oldest first; with ``labels``, only those carrying all of them."""
         marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
         rows = self.store.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY started_at", ACTIVE_JOB_STATUSES)
+        if labels:
+            wanted = labels.items()
+            rows = [r for r in rows if r["labels"] and wanted <= json.loads(r["labels"]).items()]
         judged = (self._judge(r) for r in rows)
         # strict_override on each entry, as the public release's `status --running` prints it
         return [
@@ -509,6 +516,7 @@ class Jobs:
                 reuse_policy=source["reuse_policy"],
                 rerun_of=source["job_id"],
                 rerun_reason=reason,
+                labels=json.loads(source["labels"]) if source["labels"] else None,
             )
         out = self._launch(new_id, sync=sync, start_timeout=start_timeout)
         out["rerun"] = True

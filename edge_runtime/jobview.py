@@ -46,6 +46,7 @@ def job_json(row: sqlite3.Row) -> dict[str, Any]:
         "abort_reason": row["abort_reason"],
         "cwd": row["cwd"],
         "env_keys": sorted(json.loads(row["env"])) if row["env"] else [],
+        "labels": json.loads(row["labels"]) if row["labels"] else {},
         "timeout": row["timeout"],
         # A stop was requested but the command had already finished on its own: its outcome stands.
         "stop_too_late": row["stop_requested_at"] is not None and row["status"] in ("SUCCEEDED", "FAILED"),

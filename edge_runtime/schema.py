@@ -153,6 +153,10 @@ JOBS_MIGRATIONS = (
     CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
     ALTER TABLE run_keys ADD COLUMN last_attempt_no INTEGER
     """,
+    # 4: labels — who started the job (e.g. the Airflow task instance), a JSON object of strings
+    """
+    ALTER TABLE jobs ADD COLUMN labels TEXT
+    """,
 )
 
 # --------------------------------------------------------------------------

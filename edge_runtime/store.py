@@ -53,6 +53,31 @@ def validate_run_key(run_key: str) -> str:
     return run_key
 
 
+MAX_LABELS = 32
+MAX_LABEL_VALUE_LEN = 1024
+
+
+def validate_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    """Labels every job accepts: at most 32; keys of letters, digits and ``._/-`` (at most 63,
+    starting with a letter or digit); values of at most 1024 characters without NUL."""
+    if not labels:
+        return None
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"--label: at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not (
+            isinstance(key, str)
+            and 0 < len(key) <= 63
+            and key[0].isascii()
+            and key[0].isalnum()
+            and all(c.isascii() and (c.isalnum() or c in "._/-") for c in key)
+        ):
+            raise UsageError(f"--label: invalid key {key!r} (letters, digits and ._/-, at most 63)")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LEN or "\x00" in value:
+            raise UsageError(f"--label {key}: the value must be at most {MAX_LABEL_VALUE_LEN} characters, no NUL")
+    return labels
+
+
 def clean_selection(
     time_column: str,
     statuses: Sequence[str],

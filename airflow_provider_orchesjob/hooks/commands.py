@@ -77,9 +77,11 @@ def job_start(
     sync: bool = False,
     request_id: str | None = None,
     retry_lost: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """``orchesjob start``. Environment values never go on the command line: with ``env_file`` the
-    runtime reads them from stdin (``--env-file -``, the document of :func:`env_document`)."""
+    runtime reads them from stdin (``--env-file -``, the document of :func:`env_document`).
+    ``labels`` (runtime capability ``job-labels``) are not secret: they are shown in job JSON."""
     argv = [ORCHESJOB, "start", "--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
     if request_id:
         argv += ["--request-id", request_id]
@@ -95,7 +97,22 @@ def job_start(
         argv += ["--env-file", "-"]
     if timeout is not None:
         argv += ["--timeout", number(timeout)]
+    argv += _label_args(labels)
     return argv + ["--", *(_check_text(a, "command") for a in shell_argv(command))]
+
+
+def _label_args(labels: Mapping[str, str] | None) -> list[str]:
+    return [a for k, v in (labels or {}).items() for a in ("--label", _check_text(f"{k}={v}", "label"))]
+
+
+def jobs_running(labels: Mapping[str, str] | None = None) -> list[str]:
+    """``orchesjob status --running``: every active job, with ``labels`` only those carrying all of them."""
+    return [ORCHESJOB, "status", "--running", *_label_args(labels)]
+
+
+def reservations_list(status: str | None = None, limit: int = 1000) -> list[str]:
+    """``orchesjob-reserver list``, newest first."""
+    return [RESERVER, "list", *(["--status", status] if status else []), "--limit", str(int(limit))]
 
 
 def env_document(env: Mapping[str, str] | None) -> bytes:

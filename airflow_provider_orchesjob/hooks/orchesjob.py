@@ -70,6 +70,7 @@ REQUIRED_CAPABILITIES = (
 LIFECYCLE_V2 = "job-lifecycle-v2"  # ABORTING/CANCELLING, NEVER_LAUNCHED, LOST not retried, stop --wait
 ENV_FILE = "env-file"  # start --env-file - (environment as JSON on stdin)
 REARM = "reserve-rearm"  # orchesjob-reserver reserve --rearm
+JOB_LABELS = "job-labels"  # orchesjob start --label, status --running --label
 LOCAL = "local"
 _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 # Hosts (hook.target_key()) where the runtime answered at least once in this process:
@@ -489,6 +490,7 @@ class OrchesJobHook(BaseHook):
         start_timeout: float | None = None,
         sync: bool = False,
         retry_lost: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> dict:
         """Start (or reattach to / adopt) the job of ``run_key``; see the reuse policies.
 
@@ -496,6 +498,8 @@ class OrchesJobHook(BaseHook):
         never on a command line; the runtime must advertise ``env-file``.
         ``retry_lost`` lets ``failed-only`` start a new attempt after a LOST one
         (outcome unknown; by default such a job is returned, not retried).
+        ``labels`` (e.g. :func:`~airflow_provider_orchesjob.utils.labels.task_labels`)
+        are left out on a runtime without ``job-labels``: they only help a sweep.
         """
         import uuid
 
@@ -510,8 +514,19 @@ class OrchesJobHook(BaseHook):
         argv = commands.job_start(
             run_key, command, reuse_policy=reuse_policy, cwd=cwd, env_file=stdin is not None, timeout=timeout,
             start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()), retry_lost=lost,
+            labels=labels if labels and JOB_LABELS in self.capabilities() else None,
         )  # fmt: skip
         return self.run_cli(argv, stdin=stdin, timeout=None if sync else 300)
+
+    def running_jobs(self, labels: Mapping[str, str] | None = None) -> list[dict]:
+        """Every active job on the host (``status --running``); with ``labels``, those carrying all of them."""
+        if labels:
+            self.require(JOB_LABELS, "selecting jobs by label")
+        return self.run_cli(commands.jobs_running(labels))
+
+    def list_reservations(self, status: str | None = None, limit: int = 1000) -> list[dict]:
+        """The host's reservations, newest first (``orchesjob-reserver list``)."""
+        return self.run_cli(commands.reservations_list(status, limit))["reservations"]
 
     def stderr_tail(self, run_key: str | None = None, job_id: str | None = None, *, nbytes: int = 4096) -> bytes:
         """The last ``nbytes`` of a job's stderr, read by offset (never the whole file)."""

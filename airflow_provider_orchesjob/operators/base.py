@@ -10,6 +10,7 @@ from typing import Any
 
 from ..compat import AIRFLOW_V3, TRY_XCOM_KEY, AirflowException, BaseOperator, task_instance_state_sync
 from ..hooks.orchesjob import OrchesJobHook
+from ..utils.labels import task_labels
 from ..utils.lifecycle import TERMINAL_FAILURES, is_user_kill, normalize_state, trigger_deadline
 from ..utils.run_key import run_key_from_context
 
@@ -166,6 +167,10 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
     def task_run_key(self, context: Any, explicit: str | None = None) -> str:
         """``explicit`` (a templated parameter), else the task instance's key in the connection's namespace."""
         return explicit or run_key_from_context(context, namespace=self.hook.run_key_namespace())
+
+    def work_labels(self, context: Any, *, followed: bool = True) -> dict[str, str]:
+        """Labels naming this task instance on the work it starts (see ``utils/labels``)."""
+        return task_labels(context["ti"], namespace=self.hook.run_key_namespace(), followed=followed)
 
     def remember_task_instance(self, context: Any) -> None:
         """Keep what ``on_kill`` needs to look up this task instance's state (it gets no context)."""

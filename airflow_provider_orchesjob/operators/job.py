@@ -87,6 +87,7 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         self.on_success_found = on_success_found
         self.retry_lost = retry_lost
         self._job_id: str | None = None
+        self._labels: dict[str, str] | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # Register the env values with the secret masker as soon as they are known: the
@@ -102,6 +103,7 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         self.remember_task_instance(context)
         self.mask_env()
         self.run_key = self.task_run_key(context, self.run_key)
+        self._labels = self.work_labels(context)
         self.log_recorded_job(context)
         return self.run_and_wait(context, self.start(context, first=True))
 
@@ -120,7 +122,7 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
     def _start_call(self, reuse_policy: str) -> dict[str, Any]:
         return self.hook.start_job(
             self.run_key, self.command, reuse_policy=reuse_policy, cwd=self.cwd, env=self.env,
-            timeout=self.timeout, retry_lost=self.retry_lost,
+            timeout=self.timeout, retry_lost=self.retry_lost, labels=self._labels,
         )  # fmt: skip
 
     def start(self, context: Any, first: bool = False) -> dict[str, Any]:

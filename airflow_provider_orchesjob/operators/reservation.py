@@ -9,8 +9,9 @@ from typing import Any
 
 from ..compat import AirflowException
 from ..hooks.commands import number
-from ..hooks.orchesjob import REARM
+from ..hooks.orchesjob import JOB_LABELS, REARM
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
+from ..utils.labels import label_options
 from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES, is_user_clear
 from .job import OrchesJobStartOperator
 
@@ -56,6 +57,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             options += ["--cwd", self.cwd]
         if self.timeout:
             options += ["--timeout", number(self.timeout)]
+        if self._labels and JOB_LABELS in self.hook.capabilities():
+            options += label_options(self._labels)  # the dispatched job carries them too
         return options
 
     def execute(self, context: Any) -> Any:
@@ -63,6 +66,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
         self.mask_env()
         run_key = self.task_run_key(context, self.run_key)
         self.run_key = run_key
+        self._labels = self.work_labels(context, followed=self.wait_for_completion)
         ti = context["ti"]
         metadata = self.metadata or {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
                                      "map_index": getattr(ti, "map_index", -1)}  # fmt: skip

@@ -9,6 +9,8 @@ own (``tests/provider/test_lifecycle.py``).
 * :func:`is_user_kill` — was a cancelled trigger (or a killed task) stopped by a
   person, judging by the task instance's state? Only then is the remote job
   stopped;
+* :func:`abandoned` — has the task instance ended without the work it waited
+  for (what the sweep stops)?
 * :func:`success_decision` — does a try that finds the run key SUCCEEDED adopt
   that result (an automatic retry) or run the command again (a user cleared
   the task)?
@@ -99,6 +101,22 @@ def is_user_kill(state: Any, *, waiting_in: str = "trigger") -> bool:
     if waiting_in == "worker" and name == "running":
         return False
     return name in _USER_ACTION_STATES
+
+
+# States in which a task instance has ended and no try of it will follow its work again.
+_ENDED_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed", "success"})
+
+
+def abandoned(state: Any) -> bool:
+    """Whether work a task instance waited for is abandoned: the task instance has ended (marked
+    failed/success/skipped, failed for good, removed) and no try will follow the work again.
+
+    For the sweep: a deferred task marked failed before any triggerer ran its trigger
+    gets no ``on_kill``. Cleared or retrying task instances (state None, scheduled,
+    queued, running, deferred, up_for_retry ...) are followed, or will be, by a try
+    that decides itself; an unknown state is not proof of anything.
+    """
+    return normalize_state(state) in _ENDED_STATES
 
 
 def is_user_clear(try_number: int | None, max_tries: int | None, retries: int | None) -> bool:

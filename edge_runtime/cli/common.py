@@ -228,6 +228,19 @@ def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
     return env
 
 
+def parse_labels(pairs: Sequence[str] | None) -> dict[str, str] | None:
+    """``KEY=VALUE`` strings (from repeatable --label) to a validated dict; None when none are given."""
+    from ..store import validate_labels
+
+    labels: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--label expects KEY=VALUE; got {pair[:80]!r}")
+        labels[key] = value
+    return validate_labels(labels)
+
+
 MAX_ENV_FILE_BYTES = 1 << 20
 
 

@@ -15,6 +15,7 @@ from .common import (
     clean_window,
     emit,
     merge_env,
+    parse_labels,
     read_json_input,
     run_cli,
 )
@@ -90,6 +91,13 @@ def add_start_options(p: argparse.ArgumentParser) -> None:
         "lines; keeps values off the command line (--env of the same key wins). Values are never printed",
     )
     p.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        action="append",
+        help="a label naming who started the job, shown in its JSON and selectable with "
+        "`status --running --label` (repeatable; not for secrets)",
+    )
+    p.add_argument(
         "--timeout",
         metavar="DURATION",
         help="host-side runtime limit (seconds or 30s/10m/2h/1d); when exceeded the supervisor "
@@ -108,6 +116,7 @@ def start_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "start_timeout": parse_seconds(args.start_timeout, "--start-timeout"),
         "cwd": args.cwd,
         "env": merge_env(args.env, args.env_file),
+        "labels": parse_labels(args.label),
         "timeout": parse_duration(args.timeout, "--timeout") if args.timeout else None,
     }
 
@@ -147,7 +156,13 @@ def build_parser() -> Parser:
     )
     p.add_argument("--run-key", metavar="KEY", action="append", help="look up by run key (repeatable)")
     p.add_argument("--job-id", metavar="ID", action="append", help="look up by job id (repeatable)")
-    p.add_argument("--running", action="store_true", help="list all STARTING/RUNNING jobs")
+    p.add_argument("--running", action="store_true", help="list all active jobs (STARTING, RUNNING, being stopped)")
+    p.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        action="append",
+        help="with --running: only jobs carrying this label (repeatable: all of them)",
+    )
     p.add_argument("--all", action="store_true", help="every attempt of the run key, newest first")
     p.add_argument("--stdout-offset", metavar="BYTES", type=int, help="include stdout from this byte offset")
     p.add_argument("--stderr-offset", metavar="BYTES", type=int, help="include stderr from this byte offset")
@@ -302,10 +317,12 @@ def _status(jobs, args) -> int:
 
         emit(jobs.poll_many(parse_poll_requests(read_json_input(args.batch, "--batch"))))
         return 0
+    if args.label and not args.running:
+        raise UsageError("--label selects among --running jobs only")
     if args.running:
         if keys or ids or args.all or chunks:
             raise UsageError("--running cannot be combined with other selectors")
-        emit(jobs.running())
+        emit(jobs.running(parse_labels(args.label)))
         return 0
     if not keys and not ids:
         raise UsageError("orchesjob status: one of the arguments --run-key --job-id --running is required")

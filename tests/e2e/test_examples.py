@@ -25,7 +25,7 @@ def test_example_dags_import_without_errors(airflow_db):
     assert bag.import_errors == {}
     assert set(bag.dag_ids) >= {
         "example_orchesjob_job", "example_orchesjob_reservation", "example_orchesjob_flow",
-        "example_orchesjob_fanout", "example_orchesjob_sensor",
+        "example_orchesjob_fanout", "example_orchesjob_sensor", "example_orchesjob_sweep",
     }  # fmt: skip
 
 
@@ -101,3 +101,26 @@ def test_sensors_in_deferrable_mode(e2e_conn, dispatcher):
     dr = load_dag("e2e_sensors").test()
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     assert dr.state == "success", states
+
+
+def test_sweep_example_stops_the_job_of_a_failed_task_instance_only(e2e_conn, ssh_server, edge_home):
+    from airflow_provider_orchesjob.hooks import OrchesJobHook
+    from airflow_provider_orchesjob.utils.labels import task_labels
+
+    # A real failed task instance, and a real succeeded one, in Airflow's database.
+    failed_run = load_dag("e2e_flow_fails").test()
+    ok_run = load_dag("example_orchesjob_job").test()
+    assert (failed_run.state, ok_run.state) == ("failed", "success")
+    hook = OrchesJobHook(e2e_conn)
+    # Jobs that these task instances would have followed, still running on the host.
+    for key, dr, task_id, followed in (("orphan", failed_run, "flow", True), ("fire", failed_run, "flow", False),
+                                       ("waited", ok_run, "nightly_import", True)):  # fmt: skip
+        ti = dr.get_task_instance(task_id)
+        hook.start_job(key, ["sleep", "120"], labels=task_labels(ti, namespace=None, followed=followed))
+    dr = load_dag("example_orchesjob_sweep").test()
+    assert dr.state == "success"
+    states = {j["run_key"]: j["status"] for j in (hook.job_status(k) for k in ("orphan", "fire", "waited"))}
+    # The state of each task instance was read from Airflow itself (the Task SDK on 3.x).
+    assert states == {"orphan": "ABORTED", "fire": "RUNNING", "waited": "ABORTED"}
+    assert "stopped by the orchesjob sweep" in hook.job_status("orphan")["abort_reason"]
+    hook.abort_job("fire", grace=1)

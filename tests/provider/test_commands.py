@@ -26,6 +26,19 @@ def test_job_start_argv():
     assert "--retry-lost" not in commands.job_start("k", ["true"])
 
 
+def test_labels_are_options_before_the_command():
+    argv = commands.job_start("k", ["echo", "--label"], labels={"airflow.run_id": "manual__x:1 +00:00", "a": "b"})
+    assert argv[argv.index("--") :] == ["--", "echo", "--label"]
+    assert argv[argv.index("--") - 4 : argv.index("--")] == ["--label", "airflow.run_id=manual__x:1 +00:00",
+                                                             "--label", "a=b"]  # fmt: skip
+    assert commands.jobs_running({"airflow.namespace": "prod"}) == [
+        "orchesjob", "status", "--running", "--label", "airflow.namespace=prod"]  # fmt: skip
+    assert commands.reservations_list("RESERVED", 10) == ["orchesjob-reserver", "list", "--status", "RESERVED",
+                                                          "--limit", "10"]  # fmt: skip
+    with pytest.raises(ValueError):
+        commands.job_start("k", ["true"], labels={"a": "b\x00"})
+
+
 def test_env_travels_as_a_json_document_never_in_argv():
     env = {"TOKEN": "s3cr3t; $(id) 'q' \"d\"\nline ✓", "B": "x y"}
     argv = commands.job_start("k", ["true"], env_file=True)

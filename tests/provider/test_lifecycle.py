@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
 from airflow_provider_orchesjob.hooks.batching import DEFAULT_CHUNK_BYTES, request_cost, split_batches
 from airflow_provider_orchesjob.hooks.orchesjob import parse_json_stdout
+from airflow_provider_orchesjob.utils.labels import label_options, labels_from_options, task_instance_of, task_labels
 from airflow_provider_orchesjob.utils.lifecycle import (
     ACTIVE_JOB,
     TERMINAL_JOB,
+    abandoned,
     is_user_clear,
     is_user_kill,
     normalize_state,
@@ -207,3 +210,29 @@ def test_namespace_keeps_two_airflows_apart():
     assert run_key_for("staging", "etl", "load", 0) != run_key_for("etl", "load", "0", namespace="staging")
     odd = run_key_for("etl", "load", "r", namespace="a b")
     assert odd != run_key_for("etl", "load", "r", namespace="a_b") and "~" in odd
+
+
+# ------------------------------------------------------------- sweep rules
+@pytest.mark.parametrize(
+    "state, ended",
+    [("failed", True), ("success", True), ("skipped", True), ("upstream_failed", True), ("removed", True),
+     ("deferred", False), ("running", False), ("queued", False), ("scheduled", False), ("up_for_retry", False),
+     ("up_for_reschedule", False), ("restarting", False), (None, False)],
+)  # fmt: skip
+def test_work_is_abandoned_only_once_its_task_instance_has_ended(state, ended):
+    assert abandoned(state) is ended
+
+
+def test_labels_name_the_task_instance_and_read_back_only_in_their_namespace():
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="manual__2026-01-01T00:00:00+00:00", map_index=4,
+                         try_number=2)  # fmt: skip
+    labels = task_labels(ti, namespace="prod", followed=True)
+    assert labels["airflow.try_number"] == "2" and labels["airflow.namespace"] == "prod"
+    assert task_instance_of(labels, "prod") == ("d", "t", "manual__2026-01-01T00:00:00+00:00", 4)
+    assert task_instance_of(labels, None) is None and task_instance_of(labels, "staging") is None
+    assert task_instance_of(task_labels(ti, namespace=None, followed=True), "prod") is None
+    assert task_instance_of(task_labels(ti, namespace=None, followed=False), None) is None
+    assert task_instance_of({"airflow.followed": "true", "airflow.dag_id": "d"}, None) is None
+    assert labels_from_options(["--timeout", "5", *label_options(labels)]) == labels
+    unmapped = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=None)
+    assert task_labels(unmapped, namespace=None, followed=False)["airflow.map_index"] == "-1"

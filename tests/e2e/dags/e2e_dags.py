@@ -16,6 +16,7 @@ from example_orchesjob_flow import dag as flow_dag  # noqa: E402,F401
 from example_orchesjob_job import dag as job_dag  # noqa: E402,F401
 from example_orchesjob_reservation import dag as reservation_dag  # noqa: E402,F401
 from example_orchesjob_sensor import dag as sensor_dag  # noqa: E402,F401
+from example_orchesjob_sweep import dag as sweep_dag  # noqa: E402,F401
 
 from airflow_provider_orchesjob.operators import OrchesJobStartOperator  # noqa: E402
 
