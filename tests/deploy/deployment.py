@@ -50,6 +50,7 @@ CONN_ID = "orchesjob_deploy"
 DAG_IDS = (
     "deploy_fanout", "deploy_worker_local", "deploy_worker_celery", "deploy_worker_slow_poll", "deploy_job",
     "deploy_three", "deploy_execution_timeout", "deploy_trigger_timeout", "deploy_reservation", "deploy_flow",
+    "deploy_sweep",
 )  # fmt: skip
 ADMIN = ("admin", "deploy-tests-admin")
 # The OS user owning the throwaway Postgres cluster (initdb refuses root); Debian's package creates it.

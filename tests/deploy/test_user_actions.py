@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 
@@ -52,6 +53,42 @@ def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
     assert dep.dag_run(DAG, run_id)["state"] == "failed"
     assert dep.host_lines(counter) == ["run"]
     assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
+
+
+def test_d_marked_failed_before_any_triggerer_ran_its_trigger_the_sweep_stops_the_job(dep):
+    # Both triggerers stalled: the task defers, its trigger is never started, and the user
+    # marks it failed. Airflow deletes the trigger unseen: no on_kill anywhere. The sweep
+    # (a scheduled DAG in production) finds the job by its labels and stops it.
+    tok = token()
+    counter = dep.counter(f"d-sweep-{tok}")
+    triggerers = [dep.components[n] for n in ("triggerer-1", "triggerer-2")]
+    for comp in triggerers:
+        comp.signal(signal.SIGSTOP)
+    try:
+        run_id = dep.trigger(DAG, {"command": once_then_quick(counter, tok)})
+        key = run_key(DAG, "job", run_id)
+        dep.wait_ti_state(DAG, run_id, ("deferred",), 120, task_id="job")
+        wait_for("the remote job running", lambda: dep.host_lines(counter) == ["run"] and dep.host_pids(tok), 60)
+        assert not (dep.ti(DAG, run_id, "job").get("triggerer_job") or {}).get("hostname"), "no triggerer holds it"
+        t0 = time.monotonic()
+        dep.set_ti_state(DAG, run_id, "job", "failed")
+        time.sleep(5)
+        assert dep.history(key)[0]["status"] == "RUNNING", "nothing in Airflow stops this job by itself"
+        swept_at = time.monotonic()
+        sweep_run = dep.trigger("deploy_sweep")
+        assert dep.wait_run("deploy_sweep", sweep_run, 180)["state"] == "success"
+        job, stop = wait_stopped(dep, key, tok, t0)
+    finally:
+        for comp in triggerers:
+            comp.signal(signal.SIGCONT)
+        dep.ssh_server.ssh(f"pkill -f {tok}")  # never leave the job behind
+    sweep_took = time.monotonic() - swept_at
+    dep.note("d: mark failed before any triggerer ran the trigger, then the sweep", "LocalExecutor",
+             len(dep.host_lines(counter)), sweep_took)  # fmt: skip
+    assert "stopped by the orchesjob sweep" in job["abort_reason"] and "is failed" in job["abort_reason"]
+    assert dep.host_lines(counter) == ["run"]
+    assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
+    print(f"stopped {stop:.1f}s after the mark, {sweep_took:.1f}s after the sweep run was triggered")
 
 
 def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep):

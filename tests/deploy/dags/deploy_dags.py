@@ -11,6 +11,7 @@ from airflow_provider_orchesjob.operators import (
     OrchesJobFlowOperator,
     OrchesJobReserveOperator,
     OrchesJobStartOperator,
+    OrchesJobSweepOperator,
 )
 
 CONN_ID = "orchesjob_deploy"
@@ -101,3 +102,7 @@ with DAG(dag_id="deploy_flow", **COMMON):
             {"id": "B", "when": "A", "command": ["sh", "-c", "{{ dag_run.conf['step_b'] }}"]},
         ]},
     )  # fmt: skip
+
+# (d) sweep: what stops the job of a deferred task marked failed before any triggerer ran its trigger.
+with DAG(dag_id="deploy_sweep", **COMMON):
+    OrchesJobSweepOperator(task_id="sweep", ssh_conn_id=CONN_ID, kill_grace=2)
