@@ -26,4 +26,5 @@ CAPABILITIES = (
     "job-lifecycle-v2",
     "reserve-rearm",
     "job-labels",
+    "reserve-cancel-reason",
 )

@@ -182,8 +182,8 @@ class JobClient:
         """
         return []
 
-    def proxy(self, verb: str, job_id: str) -> tuple[int, bytes, bytes]:
-        """(exit code, stdout, stderr) as ``orchesjob <verb> --job-id ID`` gives them."""
+    def proxy(self, verb: str, job_id: str, reason: str | None = None) -> tuple[int, bytes, bytes]:
+        """(exit code, stdout, stderr) as ``orchesjob <verb> --job-id ID [--reason R]`` gives them."""
         try:
             if verb == "result":
                 job = self.result(job_id)
@@ -191,9 +191,9 @@ class JobClient:
             elif verb == "status":
                 job, code = self.status(job_id=job_id), 0
             elif verb == "cancel":
-                job, code = self.cancel(job_id), 0
+                job, code = self.cancel(job_id, reason), 0
             elif verb == "abort":
-                job, code = self.abort(job_id=job_id), 0
+                job, code = self.abort(job_id=job_id, reason=reason), 0
             else:
                 raise UsageError(f"unsupported orchesjob verb {verb!r}")
         except OrchesError as exc:
@@ -404,8 +404,8 @@ class SubprocessJobClient(JobClient):
         found.sort(key=lambda j: (j.get("attempt_no") or 0, j["started_at"]))
         return found[0] if found else None
 
-    def proxy(self, verb: str, job_id: str) -> tuple[int, bytes, bytes]:
-        p = self._run([verb, "--job-id", job_id])
+    def proxy(self, verb: str, job_id: str, reason: str | None = None) -> tuple[int, bytes, bytes]:
+        p = self._run([verb, "--job-id", job_id, *(["--reason", reason] if reason else [])])
         return p.returncode, p.stdout, p.stderr
 
 

@@ -107,6 +107,7 @@ def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
     for name in ("created_at", "updated_at", "dispatched_at"):
         _epoch_out(out, name, row[name])
     out["last_error"] = row["last_error"]
+    out["cancel_reason"] = row["cancel_reason"]
     return out
 
 
@@ -240,7 +241,8 @@ class Reservations:
             if not inserted and rearm:
                 rearmed = db.execute(
                     "UPDATE reservations SET status='RESERVED', command=?, start_options=?, env=?, metadata=?, "
-                    "not_before=?, expires_at=?, dispatch_claimed_at=NULL, last_error=NULL, updated_at=? "
+                    "not_before=?, expires_at=?, dispatch_claimed_at=NULL, last_error=NULL, cancel_reason=NULL, "
+                    "updated_at=? "
                     "WHERE run_key=? AND job_id IS NULL AND status IN ('CANCELLED','EXPIRED','DISPATCH_FAILED')",
                     (*request, t, run_key),
                 ).rowcount
@@ -265,14 +267,15 @@ class Reservations:
         return [reservation_json(r) for r in rows]
 
     # ------------------------------------------------------------------ cancel
-    def cancel_pending(self, row: sqlite3.Row) -> dict[str, Any] | None:
-        """Cancel a not-yet-dispatched reservation; None if it has a job (cancel that instead)."""
+    def cancel_pending(self, row: sqlite3.Row, reason: str | None = None) -> dict[str, Any] | None:
+        """Cancel a not-yet-dispatched reservation, recording ``reason``; None if it has a job (cancel that
+        instead)."""
         with self.store.write() as db:
             t = now()
             changed = db.execute(
-                "UPDATE reservations SET status='CANCELLED', updated_at=? WHERE reservation_id=? AND status IN "
-                "('RESERVED','DISPATCH_FAILED','EXPIRED')",
-                (t, row["reservation_id"]),
+                "UPDATE reservations SET status='CANCELLED', cancel_reason=?, updated_at=? WHERE reservation_id=? "
+                "AND status IN ('RESERVED','DISPATCH_FAILED','EXPIRED')",
+                (reason, t, row["reservation_id"]),
             ).rowcount
             current = self._by_id_locked(db, row["reservation_id"])
         if changed:

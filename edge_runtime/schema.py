@@ -207,6 +207,11 @@ RESERVER_MIGRATIONS = (
     """
     ALTER TABLE reservations ADD COLUMN env TEXT
     """,
+    # Why a reservation was cancelled (``cancel --reason``): who cancelled it can then be told
+    # apart (e.g. the Airflow try that was killed, or a person on the host).
+    """
+    ALTER TABLE reservations ADD COLUMN cancel_reason TEXT
+    """,
 )
 
 # ---------------------------------------------------------------- orchesjob-flow

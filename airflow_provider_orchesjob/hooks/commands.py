@@ -265,8 +265,12 @@ def reservation_result(run_key: str | None = None, reservation_id: str | None = 
     return [RESERVER, "result", *_selector(run_key, reservation_id, "--reservation-id")]
 
 
-def reservation_cancel(run_key: str | None = None, reservation_id: str | None = None) -> list[str]:
-    return [RESERVER, "cancel", *_selector(run_key, reservation_id, "--reservation-id")]
+def reservation_cancel(
+    run_key: str | None = None, reservation_id: str | None = None, *, reason: str | None = None
+) -> list[str]:
+    """``orchesjob-reserver cancel``; ``reason`` needs the runtime capability ``reserve-cancel-reason``."""
+    argv = [RESERVER, "cancel", *_selector(run_key, reservation_id, "--reservation-id")]
+    return argv + (["--reason", _check_text(reason, "reason")] if reason else [])
 
 
 # --------------------------------------------------------------------- flow

@@ -71,6 +71,7 @@ LIFECYCLE_V2 = "job-lifecycle-v2"  # ABORTING/CANCELLING, NEVER_LAUNCHED, LOST n
 ENV_FILE = "env-file"  # start --env-file - (environment as JSON on stdin)
 REARM = "reserve-rearm"  # orchesjob-reserver reserve --rearm
 JOB_LABELS = "job-labels"  # orchesjob start --label, status --running --label
+CANCEL_REASON = "reserve-cancel-reason"  # orchesjob-reserver cancel --reason
 LOCAL = "local"
 _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 # Hosts (hook.target_key()) where the runtime answered at least once in this process:
@@ -733,10 +734,17 @@ class OrchesJobHook(BaseHook):
     def reservation_result(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
         return self.run_cli(commands.reservation_result(run_key, reservation_id), ok_codes=(0, 1))
 
-    def cancel_reservation(self, run_key: str | None = None, reservation_id: str | None = None) -> dict:
-        """Cancel a pending reservation, or the job it dispatched; idempotent like :meth:`abort_job`."""
+    def cancel_reservation(
+        self, run_key: str | None = None, reservation_id: str | None = None, *, reason: str | None = None
+    ) -> dict:
+        """Cancel a pending reservation, or the job it dispatched; idempotent like :meth:`abort_job`.
+
+        ``reason`` is recorded (``cancel_reason``, or the job's ``abort_reason``) where the runtime
+        has cancel reasons, and left out where it has not."""
+        if reason and CANCEL_REASON not in self.capabilities():
+            reason = None
         try:
-            return self.run_cli(commands.reservation_cancel(run_key, reservation_id))
+            return self.run_cli(commands.reservation_cancel(run_key, reservation_id, reason=reason))
         except OrchesJobInvalidState as exc:
             remote = exc.remote_error
             if remote.get("reservation_status") == "CANCELLED":

@@ -12,7 +12,7 @@ from ..hooks.commands import number
 from ..hooks.orchesjob import JOB_LABELS, REARM
 from ..triggers.orchesjob import PENDING_RESERVATION, OrchesJobReservationTrigger
 from ..utils.labels import label_options
-from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES, is_user_clear
+from ..utils.lifecycle import STOPPING, TERMINAL_FAILURES, is_user_clear, stop_reason, stop_requested_by_try
 from .job import OrchesJobStartOperator
 
 
@@ -114,7 +114,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") == "reservation_ended":
-            if cancelled_by_earlier_try(event["reservation"], event.get("rearm_before")):
+            if cancelled_by_earlier_try(event["reservation"], event.get("rearm_before"), _try_of(context)):
                 return self._rearm_late(context, event["reservation"])
             raise _ended_without_job(event["reservation"])
         return super().execute_complete(context, event)
@@ -137,7 +137,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
                 self.log.info("reservation dispatched as job %s", job_id)
             elif res["reservation_status"] in PENDING_RESERVATION:
                 time.sleep(self.poll_interval)
-            elif cancelled_by_earlier_try(res, rearm_before):
+            elif cancelled_by_earlier_try(res, rearm_before, _try_of(context)):
                 return self._rearm_late(context, res)
             else:
                 raise _ended_without_job(res)
@@ -150,7 +150,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             if not self.killed_by_user():
                 return
             try:
-                self.hook.cancel_reservation(self.run_key)
+                self.hook.cancel_reservation(self.run_key, reason=stop_reason("task killed by a user",
+                                                                              self._try_number))  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - already ended, or unreachable
                 self.log.warning("could not cancel reservation %s: %s", self.run_key, exc)
             return
@@ -160,15 +161,24 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
 REARM_WINDOW = 60.0  # seconds: Airflow's on_kill budget (30 s) with room to spare
 
 
-def cancelled_by_earlier_try(res: dict[str, Any], rearm_before: float | None) -> bool:
-    """A reservation CANCELLED without a job no later than ``rearm_before`` (set only by a try that
-    a user's clear started): the cancel came from the killed earlier try, not from this one.
+def _try_of(context: Any) -> int | None:
+    return getattr(context["ti"], "try_number", None)
 
-    The host records no origin for a reservation's cancel; its time is what tells. A person who
-    cancels it on the host within ``REARM_WINDOW`` of such a clear is taken for that kill.
+
+def cancelled_by_earlier_try(res: dict[str, Any], rearm_before: float | None, try_number: int | None) -> bool:
+    """A reservation CANCELLED without a job by the kill of an earlier try, seen by a try that a
+    user's clear started (only such a try sets ``rearm_before``): that try re-arms it.
+
+    The cancel's reason names the try that asked for it (``cancel --reason``, runtime capability
+    ``reserve-cancel-reason``): an earlier try's mark proves it; no mark (a person on the host, the
+    sweep of a task that had ended) proves the opposite. A runtime without cancel reasons records no
+    origin: there the time tells, and a cancel up to ``rearm_before`` is taken for the kill.
     """
     if rearm_before is None or res.get("reservation_status") != "CANCELLED" or res.get("job_id"):
         return False
+    if "cancel_reason" in res:
+        asked = stop_requested_by_try({"cancel_reason": res["cancel_reason"]})
+        return asked is not None and try_number is not None and asked < try_number
     cancelled_at = res.get("updated_at")
     return isinstance(cancelled_at, (int, float)) and cancelled_at <= rearm_before
 

@@ -104,7 +104,7 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
                 late = out.get("already_finished") or out.get("stop_too_late")
                 outcome = f"{out.get('status')}{' (it had finished on its own)' if late else ''}"
             else:
-                out = self.hook.cancel_reservation(reservation_id=work_id)
+                out = self.hook.cancel_reservation(reservation_id=work_id, reason=reason)
                 outcome = (out.get("reservation") or out).get("reservation_status") or out.get("status")
         except OrchesJobError as exc:
             self.log.error("could not stop %s %s (run key %s): %s", kind, work_id, run_key, exc)

@@ -535,7 +535,7 @@ class OrchesJobReservationTrigger(OrchesJobTrigger):
     async def abort_remote(self, hook: Any, reason: str, wait: float | None = None) -> dict[str, Any] | None:
         if self.job_id is not None:
             return await super().abort_remote(hook, reason, wait)
-        out = await run_sync(hook.cancel_reservation, self.reservation_run_key)
+        out = await run_sync(hook.cancel_reservation, self.reservation_run_key, reason=reason)
         res = out.get("reservation") or {}
         # A reservation cancelled before its dispatch: nothing ever ran.
         return {"status": out.get("status") or "CANCELLED", "run_key": self.reservation_run_key,

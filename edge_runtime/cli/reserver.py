@@ -165,6 +165,11 @@ def build_parser() -> Parser:
     )
     _common(p)
     _selector(p)
+    p.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="why (shown as cancel_reason; for a dispatched reservation, the job's abort_reason)",
+    )
 
     p = sub.add_parser("list", help="list reservations, newest first")
     _common(p)
@@ -301,12 +306,12 @@ def main(argv: list[str]) -> int:
         return _proxy(client().proxy("result", row["job_id"]))
     if cmd == "cancel":
         if row["job_id"] is None:
-            cancelled = res.cancel_pending(row)
+            cancelled = res.cancel_pending(row, args.reason)
             if cancelled is not None:
                 emit(cancelled)
                 return 0
             row = res.get(reservation_id=row["reservation_id"])  # dispatched meanwhile
-        return _cancel_job(client(), row)
+        return _cancel_job(client(), row, args.reason)
     raise UsageError(f"unknown command {cmd}")
 
 
@@ -331,8 +336,8 @@ def _proxy(reply: tuple[int, bytes, bytes]) -> int:
     return code
 
 
-def _cancel_job(client: Any, row: Any) -> int:
-    code, out, err = client.proxy("cancel", row["job_id"])
+def _cancel_job(client: Any, row: Any, reason: str | None) -> int:
+    code, out, err = client.proxy("cancel", row["job_id"], reason)
     if code == 4:
         # orchesjob: the job is not active any more. In the reserver's table
         # that is "cannot cancel in the current state" (6), not "not found" (4).

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.conftest import cli_path
 from tests.edge.conftest import wait_status
 
 RES = "orchesjob-reserver"
@@ -295,6 +296,37 @@ def test_cancel_in_each_state(runner):
     assert r.code == 6 and r.error["job_id"]
     r = runner.run(RES, "cancel", "--run-key", "missing")
     assert r.code == 4
+
+
+@pytest.mark.parametrize("client", ["in-process", "orchesjob-bin"])
+def test_cancel_reason_is_recorded_shown_and_cleared_by_a_rearm(runner, client):
+    via = [] if client == "in-process" else [f"--orchesjob-bin={cli_path('orchesjob')}"]
+    reserve(runner, "why", "--not-before", str(time.time() + 3600))
+    out = runner.ok(*via, "cancel", "--run-key", "why", "--reason", "killed [airflow try 2]", tool=RES)
+    assert out["reservation"]["cancel_reason"] == "killed [airflow try 2]"
+    assert res_status(runner, "why")["cancel_reason"] == "killed [airflow try 2]"
+    again = runner.ok("reserve", "--run-key", "why", "--rearm", "--", "true", tool=RES)
+    assert again["rearmed"] and again["reservation"]["cancel_reason"] is None
+    # Without --reason: recorded as no reason (a person on the host, say).
+    runner.ok("cancel", "--run-key", "why", tool=RES)
+    assert res_status(runner, "why")["cancel_reason"] is None
+    # A dispatched reservation: the reason becomes its job's abort_reason.
+    reserve(runner, "why-run", cmd=("sleep", "60"))
+    run_once(runner)
+    out = runner.ok(*via, "cancel", "--run-key", "why-run", "--reason", "stop it", tool=RES)
+    assert out["status"] == "CANCELLED" and out["abort_reason"] == "stop it"
+    assert "reserve-cancel-reason" in runner.ok("info")["capabilities"]
+
+
+def test_a_reserver_database_of_the_previous_schema_gains_cancel_reasons(runner):
+    from edge_runtime import schema, store
+
+    os.makedirs(runner.home, mode=0o700)
+    store.Store(os.path.join(runner.home, "reserver.sqlite3"), schema.RESERVER_MIGRATIONS[:2]).close()
+    reserve(runner, "old", "--not-before", str(time.time() + 3600))
+    out = runner.ok("cancel", "--run-key", "old", "--reason", "r", tool=RES)
+    assert out["reservation"]["cancel_reason"] == "r"
+    assert runner.query("reserver.sqlite3", "PRAGMA user_version") == [(len(schema.RESERVER_MIGRATIONS),)]
 
 
 def test_cancel_dispatching_is_refused(runner):

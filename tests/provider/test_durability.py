@@ -111,14 +111,26 @@ def test_a_restarted_trigger_resumes_the_log_where_the_last_one_saved_it(monkeyp
     assert third.polls == [{"stdout_offset": 0}]
 
 
-def test_a_reservation_cancelled_by_the_earlier_try_is_rearmed_only_within_the_window():
+def test_without_cancel_reasons_a_reservation_cancelled_within_the_window_counts_as_the_earlier_try_s():
     now = time.time()
-    cancelled = {"reservation_status": "CANCELLED", "job_id": None, "updated_at": int(now)}
-    assert cancelled_by_earlier_try(cancelled, now + REARM_WINDOW)
-    assert not cancelled_by_earlier_try(cancelled, None)  # not a user's clear
-    assert not cancelled_by_earlier_try({**cancelled, "updated_at": int(now) + 100}, now + 1)
-    assert not cancelled_by_earlier_try({**cancelled, "job_id": "j"}, now + REARM_WINDOW)
-    assert not cancelled_by_earlier_try({**cancelled, "reservation_status": "EXPIRED"}, now + REARM_WINDOW)
+    cancelled = {"reservation_status": "CANCELLED", "job_id": None, "updated_at": int(now)}  # an older runtime
+    assert cancelled_by_earlier_try(cancelled, now + REARM_WINDOW, 2)
+    assert not cancelled_by_earlier_try(cancelled, None, 2)  # not a user's clear
+    assert not cancelled_by_earlier_try({**cancelled, "updated_at": int(now) + 100}, now + 1, 2)
+    assert not cancelled_by_earlier_try({**cancelled, "job_id": "j"}, now + REARM_WINDOW, 2)
+    assert not cancelled_by_earlier_try({**cancelled, "reservation_status": "EXPIRED"}, now + REARM_WINDOW, 2)
+
+
+def test_with_cancel_reasons_the_reason_tells_whose_cancel_it_was_whenever_it_came():
+    now = time.time()
+    late = {"reservation_status": "CANCELLED", "job_id": None, "updated_at": int(now) + 3600}
+    by_try_1 = {**late, "cancel_reason": "task killed by a user [airflow try 1]"}
+    assert cancelled_by_earlier_try(by_try_1, now + REARM_WINDOW, 2)  # an hour late: still the earlier try's
+    assert not cancelled_by_earlier_try(by_try_1, now + REARM_WINDOW, 1)  # this very try's own kill
+    assert not cancelled_by_earlier_try(by_try_1, None, 2)  # an automatic retry never re-arms
+    # A person on the host (with or without a reason), or the sweep of an ended task: never re-armed.
+    assert not cancelled_by_earlier_try({**late, "cancel_reason": None, "updated_at": int(now)}, now + 60, 2)
+    assert not cancelled_by_earlier_try({**late, "cancel_reason": "maintenance"}, now + REARM_WINDOW, 2)
 
 
 class _FakeHook:

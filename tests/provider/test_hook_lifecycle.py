@@ -198,6 +198,24 @@ def test_a_user_kill_stops_the_job_naming_the_try(hook, conn_id):
     assert final["status"] == "ABORTED" and "[airflow try 4]" in final["abort_reason"]
 
 
+def test_a_user_kill_cancels_a_pending_reservation_naming_the_try(hook, conn_id):
+    from airflow_provider_orchesjob.triggers import OrchesJobReservationTrigger
+
+    hook.reserve("res-killed", ["true"], not_before=time.time() + 3600)
+
+    class Seeing(OrchesJobReservationTrigger):
+        async def current_task_state(self):
+            return "failed"
+
+    trigger = Seeing(ssh_conn_id=conn_id, reservation_run_key="res-killed", run_key="res-killed",
+                     poll_interval=0.2, kill_grace=1, try_number=4)  # fmt: skip
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1, try_number=4)
+    _cancel_then_kill(trigger)
+    res = hook.reservation_status("res-killed")["reservation"]
+    # The reason tells a later try (cleared by the user) that this cancel was the kill of try 4.
+    assert res["reservation_status"] == "CANCELLED" and "[airflow try 4]" in res["cancel_reason"]
+
+
 def test_the_deadline_stops_the_job_and_says_so(hook, conn_id):
     job = hook.start_job("deadline", ["sleep", "30"])
     trigger = OrchesJobTrigger(ssh_conn_id=conn_id, run_key=job["run_key"], job_id=job["job_id"], poll_interval=0.2,

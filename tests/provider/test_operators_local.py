@@ -64,6 +64,7 @@ def test_killing_a_worker_waiting_for_a_reservation_cancels_it(local_env):
     assert not worker.is_alive()
     res = hook.reservation_status("far-future")["reservation"]
     assert res["reservation_status"] == "CANCELLED" and res["job_id"] is None
+    assert res["cancel_reason"] == "task killed by a user"  # a kill, told apart from a person on the host
     # The waiting execute() ends with the reservation's fate instead of polling forever.
     assert len(outcome) == 1 and isinstance(outcome[0], AirflowException)
     assert "ended CANCELLED without a job" in str(outcome[0])

@@ -104,7 +104,8 @@ def test_the_sweep_stops_only_followed_work_whose_task_instance_ended(home):
     assert hook.job_status("k-mapped")["status"] == "ABORTED"
     running = {j["run_key"] for j in hook.running_jobs()}
     assert running == {"k-deferred", "k-cleared", "k-fire", "k-other-ns", "k-unreadable", "k-plain"}
-    assert hook.reservation_status("r-failed")["reservation"]["reservation_status"] == "CANCELLED"
+    cancelled = hook.reservation_status("r-failed")["reservation"]
+    assert cancelled["reservation_status"] == "CANCELLED" and "orchesjob sweep" in cancelled["cancel_reason"]
     assert hook.reservation_status("r-waiting")["reservation"]["reservation_status"] == "RESERVED"
     # A second sweep finds nothing more to stop.
     assert not [e for e in sweep(home, states).values() if e["action"] == "stopped"]
