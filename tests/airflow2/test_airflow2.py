@@ -87,7 +87,7 @@ def test_example_dags_import_without_errors(airflow_db):
     assert bag.import_errors == {}
     assert set(bag.dag_ids) >= {
         "example_orchesjob_job", "example_orchesjob_reservation", "example_orchesjob_flow",
-        "example_orchesjob_fanout", "example_orchesjob_sensor",
+        "example_orchesjob_fanout", "example_orchesjob_sensor", "example_orchesjob_sweep",
     }  # fmt: skip
 
 
@@ -110,3 +110,22 @@ def test_job_example_end_to_end(e2e_conn, ssh_server, edge_home):
     assert history[0]["attempt_no"] == 1
     # The operator's return value (the final job JSON) reached XCom.
     assert ti.xcom_pull(task_ids="nightly_import")["job_id"] == history[0]["job_id"]
+
+
+def test_sweep_reads_task_instance_states_from_the_database(e2e_conn, ssh_server, edge_home):
+    from types import SimpleNamespace
+
+    from airflow_provider_orchesjob.hooks import OrchesJobHook
+    from airflow_provider_orchesjob.utils.labels import task_labels
+
+    done = load_dag("example_orchesjob_job").test()
+    assert done.state == "success"
+    hook = OrchesJobHook(e2e_conn)
+    ended = done.get_task_instance("nightly_import")  # success: a waited job still running was abandoned
+    missing = SimpleNamespace(dag_id="example_orchesjob_job", task_id="nightly_import", run_id="no-such-run")
+    hook.start_job("ended", ["sleep", "120"], labels=task_labels(ended, namespace=None, followed=True))
+    hook.start_job("missing", ["sleep", "120"], labels=task_labels(missing, namespace=None, followed=True))
+    assert load_dag("example_orchesjob_sweep").test().state == "success"
+    assert hook.job_status("ended")["status"] == "ABORTED"
+    assert hook.job_status("missing")["status"] == "RUNNING", "a task instance that does not exist proves nothing"
+    hook.abort_job("missing", grace=1)
