@@ -6,7 +6,7 @@ builds a wheel of the working tree and of ``--baseline`` (a git ref, default the
 commit before the job-lifecycle rewrite) into private venvs, as ``pipx install``
 would, and times in the same run, interleaved round by round:
 
-* ``status --run-key K`` on a small database,
+* ``status --run-key K`` on a small database, of a finished job and of a running one,
 * ``start --run-key K_i -- true`` (async: returns once the command is released),
 * ``start --sync --run-key K_i -- true`` (returns once the outcome is recorded),
 * a bare ``python -c pass`` of the same interpreter (the floor).
@@ -77,6 +77,28 @@ def main() -> None:
     for name, bin_ in tools.items():
         subprocess.run([bin_, "start", "--run-key", "k", "--sync", "--", "true"], env=envs[name], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
+        # What a poll mostly sees: a job still running (its processes are checked in /proc).
+        subprocess.run([bin_, "start", "--run-key", "r", "--", "sleep", "3600"], env=envs[name], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        out = measure(args, tools, envs)
+    finally:
+        for name, bin_ in tools.items():
+            subprocess.run([bin_, "abort", "--run-key", "r", "--grace-seconds", "1"], env=envs[name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"medians over {args.rounds} interleaved rounds; bare python -c pass: {out['python_ms']} ms")
+    print(f"{'call':<24}{'current ms':>12}{'baseline ms':>13}{'ratio':>8}")
+    for r in out["rows"]:
+        print(f"{r['call']:<24}{r['current_ms']:>12}{r['baseline_ms']:>13}{r['ratio']:>8}")
+
+
+CALLS = ("status", "status (running job)", "start", "start --sync")
+
+
+def measure(args: argparse.Namespace, tools: dict[str, str], envs: dict[str, dict]) -> dict:
     python = os.path.join(os.path.dirname(tools["current"]), "python")
     samples: dict[str, list[float]] = {}
     for i in range(args.rounds):
@@ -84,6 +106,9 @@ def main() -> None:
         for name, bin_ in tools.items():
             env = envs[name]
             samples.setdefault(f"{name}: status", []).append(timed([bin_, "status", "--run-key", "k"], env))
+            samples.setdefault(f"{name}: status (running job)", []).append(
+                timed([bin_, "status", "--run-key", "r"], env)
+            )
             samples.setdefault(f"{name}: start", []).append(
                 timed([bin_, "start", "--run-key", f"a{i}", "--", "true"], env)
             )
@@ -92,18 +117,12 @@ def main() -> None:
             )
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
     rows = []
-    for call in ("status", "start", "start --sync"):
+    for call in CALLS:
         cur, base = med[f"current: {call}"], med[f"baseline: {call}"]
         rows.append({"call": call, "current_ms": round(cur, 1), "baseline_ms": round(base, 1),
                      "ratio": round(cur / base, 2)})  # fmt: skip
-    out = {"rounds": args.rounds, "baseline": args.baseline, "python_ms": round(med["python -c pass"], 1), "rows": rows}
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return
-    print(f"medians over {args.rounds} interleaved rounds; bare python -c pass: {out['python_ms']} ms")
-    print(f"{'call':<16}{'current ms':>12}{'baseline ms':>13}{'ratio':>8}")
-    for r in rows:
-        print(f"{r['call']:<16}{r['current_ms']:>12}{r['baseline_ms']:>13}{r['ratio']:>8}")
+    return {"rounds": args.rounds, "baseline": args.baseline, "python_ms": round(med["python -c pass"], 1),
+            "rows": rows}  # fmt: skip
 
 
 if __name__ == "__main__":
