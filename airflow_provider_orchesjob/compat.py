@@ -110,6 +110,21 @@ def task_instance_state_sync(dag_id: str, task_id: str, run_id: str, map_index: 
         return row[0] if row else None
 
 
+def dag_run_state_sync(dag_id: str, run_id: str) -> Any:
+    """The state of one DAG run (None when it does not exist): the SDK on Airflow 3, the database on 2.11."""
+    if AIRFLOW_V3:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        return RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(DagRun.state).filter_by(dag_id=dag_id, run_id=run_id).one_or_none()
+        return row[0] if row else None
+
+
 # The XCom key under which a deferring try records its try number (Airflow 3), so that a
 # cancelled trigger can tell "my try still waits" from "a newer try (after a clear) waits".
 TRY_XCOM_KEY = "orchesjob_try"
@@ -198,6 +213,7 @@ __all__ = [
     "LOG_OFFSETS_XCOM_KEY",
     "task_xcom_get_sync",
     "task_xcom_set_sync",
+    "dag_run_state_sync",
     "task_instance_state",
     "task_instance_state_sync",
     "task_instance_try",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..compat import AirflowException, task_instance_state_sync
+from ..compat import AirflowException, dag_run_state_sync, task_instance_state_sync
 from ..exceptions import OrchesJobError
 from ..utils.labels import NAMESPACE, labels_from_options, task_instance_of
 from ..utils.lifecycle import abandoned, normalize_state, stop_reason
@@ -59,6 +59,10 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
         """The state of the task instance ``ref`` now (None: it does not exist)."""
         return task_instance_state_sync(*ref)
 
+    def run_state(self, dag_id: str, run_id: str) -> Any:
+        """The state of the DAG run now (None: it does not exist)."""
+        return dag_run_state_sync(dag_id, run_id)
+
     def execute(self, context: Any) -> list[dict[str, Any]]:
         namespace = self.hook.run_key_namespace()
         jobs = self.hook.running_jobs({NAMESPACE: namespace} if namespace else None)
@@ -90,8 +94,16 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
         except Exception as exc:  # noqa: BLE001 - an unknown state proves nothing: leave the work
             return {**entry, "state": "unknown", "action": f"left (state unreadable: {exc})"}
         entry["state"] = normalize_state(state)
-        if not abandoned(state):
+        run_state = None
+        if not abandoned(state):  # unfinished (or cleared, or gone): does its DAG run still go on?
+            try:
+                run_state = self.run_state(ref[0], ref[2])
+            except Exception as exc:  # noqa: BLE001 - e.g. the run was deleted: proves nothing
+                return {**entry, "action": f"left (DAG run state unreadable: {exc})"}
+        if not abandoned(state, run_state):
             return {**entry, "action": "left"}
+        if run_state is not None:
+            entry["state"] += f", in a {normalize_state(run_state)} DAG run"
         if self.dry_run:
             self.log.warning("would stop %s %s (run key %s): task instance %s is %s", kind, work_id, run_key,
                              entry["task_instance"], entry["state"])  # fmt: skip

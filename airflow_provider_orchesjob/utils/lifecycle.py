@@ -107,16 +107,24 @@ def is_user_kill(state: Any, *, waiting_in: str = "trigger") -> bool:
 _ENDED_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed", "success"})
 
 
-def abandoned(state: Any) -> bool:
-    """Whether work a task instance waited for is abandoned: the task instance has ended (marked
-    failed/success/skipped, failed for good, removed) and no try will follow the work again.
+_FINISHED_RUN_STATES = frozenset({"failed", "success"})
+
+
+def abandoned(state: Any, run_state: Any = None) -> bool:
+    """Whether work a task instance waited for is abandoned: no try of it will follow the work again.
 
     For the sweep: a deferred task marked failed before any triggerer ran its trigger
-    gets no ``on_kill``. Cleared or retrying task instances (state None, scheduled,
-    queued, running, deferred, up_for_retry ...) are followed, or will be, by a try
-    that decides itself; an unknown state is not proof of anything.
+    gets no ``on_kill``. That is so when the task instance has ended (marked
+    failed/success/skipped, failed for good, removed), or when its DAG run has
+    finished (``run_state`` failed/success) while the task instance has not: the
+    scheduler starts no try in a finished run (Airflow can fail a run while a
+    user's clear of one of its tasks runs, leaving the task cleared for good).
+    Otherwise (cleared, retrying, queued, running, deferred ... in a live run) a
+    try follows the work, or will, and decides itself. Unknown states prove nothing.
     """
-    return normalize_state(state) in _ENDED_STATES
+    if normalize_state(state) in _ENDED_STATES:
+        return True
+    return run_state is not None and normalize_state(run_state) in _FINISHED_RUN_STATES
 
 
 def is_user_clear(try_number: int | None, max_tries: int | None, retries: int | None) -> bool:

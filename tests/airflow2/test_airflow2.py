@@ -125,7 +125,10 @@ def test_sweep_reads_task_instance_states_from_the_database(e2e_conn, ssh_server
     missing = SimpleNamespace(dag_id="example_orchesjob_job", task_id="nightly_import", run_id="no-such-run")
     hook.start_job("ended", ["sleep", "120"], labels=task_labels(ended, namespace=None, followed=True))
     hook.start_job("missing", ["sleep", "120"], labels=task_labels(missing, namespace=None, followed=True))
+    ghost = SimpleNamespace(dag_id="example_orchesjob_job", task_id="ghost", run_id=done.run_id)  # finished run
+    hook.start_job("ghost", ["sleep", "120"], labels=task_labels(ghost, namespace=None, followed=True))
     assert load_dag("example_orchesjob_sweep").test().state == "success"
     assert hook.job_status("ended")["status"] == "ABORTED"
+    assert hook.job_status("ghost")["status"] == "ABORTED", "no try starts in a finished DAG run"
     assert hook.job_status("missing")["status"] == "RUNNING", "a task instance that does not exist proves nothing"
     hook.abort_job("missing", grace=1)

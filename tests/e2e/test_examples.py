@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 from tests.conftest import BIN_DIR
 
@@ -117,10 +118,18 @@ def test_sweep_example_stops_the_job_of_a_failed_task_instance_only(e2e_conn, ss
                                        ("waited", ok_run, "nightly_import", True)):  # fmt: skip
         ti = dr.get_task_instance(task_id)
         hook.start_job(key, ["sleep", "120"], labels=task_labels(ti, namespace=None, followed=followed))
+    # No such task instance: in a failed run (no try will ever come), and in no run at all.
+    unscheduled = SimpleNamespace(dag_id="e2e_flow_fails", task_id="ghost", run_id=failed_run.run_id)
+    unknown = SimpleNamespace(dag_id="e2e_flow_fails", task_id="flow", run_id="no-such-run")
+    hook.start_job("unscheduled", ["sleep", "120"], labels=task_labels(unscheduled, namespace=None, followed=True))
+    hook.start_job("unknown", ["sleep", "120"], labels=task_labels(unknown, namespace=None, followed=True))
     dr = load_dag("example_orchesjob_sweep").test()
     assert dr.state == "success"
-    states = {j["run_key"]: j["status"] for j in (hook.job_status(k) for k in ("orphan", "fire", "waited"))}
-    # The state of each task instance was read from Airflow itself (the Task SDK on 3.x).
-    assert states == {"orphan": "ABORTED", "fire": "RUNNING", "waited": "ABORTED"}
+    keys = ("orphan", "fire", "waited", "unscheduled", "unknown")
+    states = {j["run_key"]: j["status"] for j in (hook.job_status(k) for k in keys)}
+    # The states of each task instance and DAG run were read from Airflow itself (the Task SDK on 3.x).
+    assert states == {"orphan": "ABORTED", "fire": "RUNNING", "waited": "ABORTED", "unscheduled": "ABORTED",
+                      "unknown": "RUNNING"}  # fmt: skip
+    hook.abort_job("unknown", grace=1)
     assert "stopped by the orchesjob sweep" in hook.job_status("orphan")["abort_reason"]
     hook.abort_job("fire", grace=1)

@@ -221,6 +221,9 @@ def test_namespace_keeps_two_airflows_apart():
 )  # fmt: skip
 def test_work_is_abandoned_only_once_its_task_instance_has_ended(state, ended):
     assert abandoned(state) is ended
+    assert abandoned(state, "running") is ended and abandoned(state, "queued") is ended
+    # In a finished DAG run no try starts any more, whatever the task instance's own state.
+    assert abandoned(state, "failed") and abandoned(state, "success")
 
 
 def test_labels_name_the_task_instance_and_read_back_only_in_their_namespace():

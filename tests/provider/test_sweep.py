@@ -36,6 +36,7 @@ def ti(task_id, map_index=-1, try_number=1):
 
 class _Sweep(OrchesJobSweepOperator):
     states: dict = {}
+    run_states: dict = {}  # by task id; default: the DAG run is still running
 
     def task_state(self, ref):
         state = self.states[ref[1], ref[3]]
@@ -43,10 +44,20 @@ class _Sweep(OrchesJobSweepOperator):
             raise state
         return state
 
+    def run_state(self, dag_id, run_id):
+        state = self.run_states.get(self._asking, "running")
+        if isinstance(state, Exception):
+            raise state
+        return state
 
-def sweep(home, states, **kw):
+    def _judge(self, kind, run_key, work_id, labels, namespace):
+        self._asking = labels.get("airflow.task_id")
+        return super()._judge(kind, run_key, work_id, labels, namespace)
+
+
+def sweep(home, states, run_states=None, **kw):
     op = _Sweep(task_id="sweep", ssh_conn_id=None, orchesjob_home=home, kill_grace=1, **kw)
-    op.states = states
+    op.states, op.run_states = states, run_states or {}
     return {(e["kind"], e["run_key"]): e for e in op.execute({})}
 
 
@@ -60,6 +71,8 @@ def test_the_sweep_stops_only_followed_work_whose_task_instance_ended(home):
     start(hook, "k-mapped", task_labels(ti("mapped", map_index=3), namespace=None, followed=True))
     start(hook, "k-deferred", task_labels(ti("deferred"), namespace=None, followed=True))
     start(hook, "k-cleared", task_labels(ti("cleared"), namespace=None, followed=True))
+    start(hook, "k-lost-clear", task_labels(ti("lostclear"), namespace=None, followed=True))
+    start(hook, "k-gone", task_labels(ti("gone"), namespace=None, followed=True))
     start(hook, "k-fire", task_labels(ti("fire"), namespace=None, followed=False))
     start(hook, "k-other-ns", task_labels(ti("failed"), namespace="staging", followed=True))
     start(hook, "k-unreadable", task_labels(ti("unreadable"), namespace=None, followed=True))
@@ -79,20 +92,26 @@ def test_the_sweep_stops_only_followed_work_whose_task_instance_ended(home):
     # fmt: skip
     states = {("failed", -1): "failed", ("mapped", 3): "success", ("deferred", -1): "deferred",
               ("cleared", -1): None, ("fire", -1): "failed", ("unreadable", -1): RuntimeError("api down"),
-              ("rfailed", -1): "failed", ("rwaiting", -1): "deferred"}  # fmt: skip
+              ("rfailed", -1): "failed", ("rwaiting", -1): "deferred", ("lostclear", -1): None,
+              ("gone", -1): None}  # fmt: skip
+    # Airflow failed the run while a user's clear of "lostclear" ran: no try will ever come.
+    runs = {"lostclear": "failed", "cleared": "queued", "gone": RuntimeError("DagRun not found")}
 
-    dry = sweep(home, states, dry_run=True)
+    dry = sweep(home, states, runs, dry_run=True)
     assert {k for k, e in dry.items() if e["action"] == "would stop"} == {
-        ("job", "k-failed"), ("job", "k-mapped"), ("reservation", "r-failed")}  # fmt: skip
+        ("job", "k-failed"), ("job", "k-mapped"), ("job", "k-lost-clear"), ("reservation", "r-failed")}  # fmt: skip
     assert all(j["status"] == "RUNNING" for j in hook.running_jobs()), "a dry run stops nothing"
 
-    report = sweep(home, states)
+    report = sweep(home, states, runs)
     assert report[("job", "k-failed")]["action"] == "stopped"
     assert report[("job", "k-failed")]["task_instance"] == "d.failed of manual__2026-11-29T10:00:00+00:00"
     assert report[("job", "k-mapped")]["task_instance"].startswith("d.mapped[3] of")
     assert report[("job", "k-deferred")]["action"] == "left"
     assert report[("job", "k-cleared")]["action"] == "left" and report[("job", "k-cleared")]["state"] == "none"
     assert report[("job", "k-unreadable")]["action"].startswith("left (state unreadable")
+    assert report[("job", "k-gone")]["action"].startswith("left (DAG run state unreadable")
+    assert report[("job", "k-lost-clear")]["action"] == "stopped"
+    assert report[("job", "k-lost-clear")]["state"] == "none, in a failed DAG run"
     # Fire-and-forget, another namespace's and unlabelled work is not the sweep's to judge.
     assert not {("job", "k-fire"), ("job", "k-other-ns"), ("job", "k-plain")} & report.keys()
     assert report[("reservation", "r-failed")]["action"] == "stopped"
@@ -103,12 +122,12 @@ def test_the_sweep_stops_only_followed_work_whose_task_instance_ended(home):
     assert "[airflow try 1]" in stopped["abort_reason"]
     assert hook.job_status("k-mapped")["status"] == "ABORTED"
     running = {j["run_key"] for j in hook.running_jobs()}
-    assert running == {"k-deferred", "k-cleared", "k-fire", "k-other-ns", "k-unreadable", "k-plain"}
+    assert running == {"k-deferred", "k-cleared", "k-fire", "k-other-ns", "k-unreadable", "k-plain", "k-gone"}
     cancelled = hook.reservation_status("r-failed")["reservation"]
     assert cancelled["reservation_status"] == "CANCELLED" and "orchesjob sweep" in cancelled["cancel_reason"]
     assert hook.reservation_status("r-waiting")["reservation"]["reservation_status"] == "RESERVED"
     # A second sweep finds nothing more to stop.
-    assert not [e for e in sweep(home, states).values() if e["action"] == "stopped"]
+    assert not [e for e in sweep(home, states, runs).values() if e["action"] == "stopped"]
     for key in running:
         hook.abort_job(key, grace=1)
 
