@@ -27,4 +27,5 @@ CAPABILITIES = (
     "reserve-rearm",
     "job-labels",
     "reserve-cancel-reason",
+    "flow-labels",
 )

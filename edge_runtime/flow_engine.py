@@ -189,20 +189,48 @@ class FlowStore:
             "snapshot_sha256": run["definition_sha"],
             "repair_count": run["repair_count"],
             "advancer": self.advancer(run_key),
+            "labels": json.loads(run["labels"]) if run["labels"] else {},
         }
+        return out
+
+    def list_runs(self, *, active: bool = False, labels: dict[str, str] | None = None, limit: int = 100) -> list:
+        """Runs newest first (``active``: only PENDING/RUNNING ones, all of them), each as a summary;
+        with ``labels``, only those carrying all of them."""
+        if active:
+            rows = self.store.all(
+                "SELECT * FROM flow_runs WHERE status IN ('PENDING','RUNNING') ORDER BY created_at DESC"
+            )
+        else:
+            rows = self.store.all("SELECT * FROM flow_runs ORDER BY created_at DESC LIMIT ?", (limit,))
+        out = []
+        for run in rows:
+            run_labels = json.loads(run["labels"]) if run["labels"] else {}
+            if labels and not labels.items() <= run_labels.items():
+                continue
+            out.append({"run_key": run["run_key"], "flow_id": run["flow_id"], "status": run["status"],
+                        "started_at": run["created_at"], "finished_at": run["finished_at"],
+                        "labels": run_labels})  # fmt: skip
         return out
 
     # ------------------------------------------------------------ creation
     def create_or_resume(
-        self, defn: FlowDefinition, run_key: str, source_name: str | None, *, replace: bool = False
+        self,
+        defn: FlowDefinition,
+        run_key: str,
+        source_name: str | None,
+        *,
+        replace: bool = False,
+        labels: dict[str, str] | None = None,
     ) -> str:
-        """Create the run bound to ``defn`` or check it against the stored snapshot.
+        """Create the run bound to ``defn`` (with ``labels``) or check it against the stored snapshot
+        (an existing run keeps the labels it was created with).
 
         Returns ``created``, ``resumed`` or ``replaced``.
         """
-        from .store import validate_run_key
+        from .store import validate_labels, validate_run_key
 
         validate_run_key(run_key)
+        labels = validate_labels(labels)
         sha = defn.sha256()
         t = time.time()
         with self.store.write() as db:
@@ -210,8 +238,18 @@ class FlowStore:
             if run is None:
                 db.execute(
                     "INSERT INTO flow_runs (run_key, flow_id, status, definition, definition_sha, source_name, "
-                    "workdir, created_at, updated_at) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
-                    (run_key, defn.flow_id, defn.canonical(), sha, source_name, os.getcwd(), t, t),
+                    "workdir, created_at, updated_at, labels) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_key,
+                        defn.flow_id,
+                        defn.canonical(),
+                        sha,
+                        source_name,
+                        os.getcwd(),
+                        t,
+                        t,
+                        json.dumps(labels, sort_keys=True) if labels else None,
+                    ),  # fmt: skip
                 )
                 db.executemany(
                     "INSERT INTO flow_steps (run_key, step_id, position, status, max_retries, updated_at) "

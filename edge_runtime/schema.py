@@ -292,4 +292,8 @@ FLOW_MIGRATIONS = (
     );
     CREATE INDEX flow_runs_status ON flow_runs (status)
     """,
+    # labels: who started the run (e.g. the Airflow task instance), a JSON object of strings
+    """
+    ALTER TABLE flow_runs ADD COLUMN labels TEXT
+    """,
 )

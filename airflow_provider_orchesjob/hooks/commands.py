@@ -274,10 +274,18 @@ def reservation_cancel(
 
 
 # --------------------------------------------------------------------- flow
-def flow_start(run_key: str, *, flow_file: str = "-", detach: bool = True) -> list[str]:
-    """Start a flow; with ``flow_file='-'`` the definition is read from stdin."""
-    argv = [FLOW, "start", "--run-key", _check_text(run_key, "run key")]
+def flow_start(
+    run_key: str, *, flow_file: str = "-", detach: bool = True, labels: Mapping[str, str] | None = None
+) -> list[str]:
+    """Start a flow; with ``flow_file='-'`` the definition is read from stdin. ``labels`` need the
+    runtime capability ``flow-labels``."""
+    argv = [FLOW, "start", "--run-key", _check_text(run_key, "run key"), *_label_args(labels)]
     return argv + (["-d"] if detach else []) + [flow_file]
+
+
+def flows_list(*, active: bool = True, labels: Mapping[str, str] | None = None) -> list[str]:
+    """``orchesjob-flow list``: with ``active``, every PENDING/RUNNING run."""
+    return [FLOW, "list", *(["--active"] if active else []), *_label_args(labels)]
 
 
 def flow_status(run_key: str) -> list[str]:

@@ -72,6 +72,7 @@ ENV_FILE = "env-file"  # start --env-file - (environment as JSON on stdin)
 REARM = "reserve-rearm"  # orchesjob-reserver reserve --rearm
 JOB_LABELS = "job-labels"  # orchesjob start --label, status --running --label
 CANCEL_REASON = "reserve-cancel-reason"  # orchesjob-reserver cancel --reason
+FLOW_LABELS = "flow-labels"  # orchesjob-flow start --label, list
 LOCAL = "local"
 _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 # Hosts (hook.target_key()) where the runtime answered at least once in this process:
@@ -755,15 +756,34 @@ class OrchesJobHook(BaseHook):
             raise
 
     # ------------------------------------------------------------------ flows
-    def start_flow(self, run_key: str, definition: Mapping | str, *, detach: bool = True) -> dict:
-        """Start (or resume) a flow run; a dict/JSON/YAML definition is sent on stdin."""
+    def start_flow(
+        self,
+        run_key: str,
+        definition: Mapping | str,
+        *,
+        detach: bool = True,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict:
+        """Start (or resume) a flow run; a dict/JSON/YAML definition is sent on stdin. ``labels`` are
+        left out on a runtime without ``flow-labels`` (they only help a sweep)."""
         text = definition if isinstance(definition, str) else json.dumps(dict(definition))
         # Exit 1 = the run (already) ended FAILED/CANCELLED: still the flow JSON.
-        argv = commands.flow_start(run_key, flow_file="-", detach=detach)
+        argv = commands.flow_start(run_key, flow_file="-", detach=detach, labels=self._flow_labels(labels))
         return self.run_cli(argv, stdin=text.encode(), ok_codes=(0, 1))
 
-    def start_flow_file(self, run_key: str, path_on_host: str, *, detach: bool = True) -> dict:
-        return self.run_cli(commands.flow_start(run_key, flow_file=path_on_host, detach=detach), ok_codes=(0, 1))
+    def start_flow_file(
+        self, run_key: str, path_on_host: str, *, detach: bool = True, labels: Mapping[str, str] | None = None
+    ) -> dict:
+        argv = commands.flow_start(run_key, flow_file=path_on_host, detach=detach, labels=self._flow_labels(labels))
+        return self.run_cli(argv, ok_codes=(0, 1))
+
+    def _flow_labels(self, labels: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        return labels if labels and FLOW_LABELS in self.capabilities() else None
+
+    def active_flows(self, labels: Mapping[str, str] | None = None) -> list[dict]:
+        """Every PENDING/RUNNING flow run on the host, with its labels (``orchesjob-flow list --active``)."""
+        self.require(FLOW_LABELS, "listing flow runs")
+        return self.run_cli(commands.flows_list(active=True, labels=labels))["runs"]
 
     def flow_status(self, run_key: str) -> dict:
         return self.run_cli(commands.flow_status(run_key))

@@ -53,11 +53,12 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         self.remember_task_instance(context)
         run_key = self.task_run_key(context, self.flow_run_key)
         self.flow_run_key = run_key
+        labels = self.work_labels(context)
         if self.flow_path_on_host:
-            started = self.hook.start_flow_file(run_key, self.flow_path_on_host)
+            started = self.hook.start_flow_file(run_key, self.flow_path_on_host, labels=labels)
         else:
             definition = self.flow if isinstance(self.flow, str) else json.dumps(self.flow)
-            started = self.hook.start_flow(run_key, definition)
+            started = self.hook.start_flow(run_key, definition, labels=labels)
         self.log.info("flow %s run %s: %s (%d steps)", started.get("flow_id"), run_key, started.get("status"),
                       len(started.get("steps", [])))  # fmt: skip
         if started.get("status") in ("FAILED", "CANCELLED") and self.repair_on_retry:

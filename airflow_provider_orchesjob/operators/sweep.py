@@ -4,11 +4,12 @@ A deferred task that a user marks failed (or success, or skipped) before any
 triggerer has started its trigger never gets an ``on_kill``: Airflow deletes the
 trigger unseen, and the remote job would run on with nobody following it. The
 same holds for a task whose try failed for good while its host was unreachable.
-The sweep closes that window from the host's side: every job the provider starts
-is labelled with its task instance (``utils/labels``); the sweep lists the
-host's active jobs and pending reservations, asks Airflow for the state of each
-one's task instance, and stops the work of those that ended
-(``utils.lifecycle.abandoned``). It never guesses: an unknown or missing task
+The sweep closes that window from the host's side: every job, reservation and
+flow run the provider starts is labelled with its task instance (``utils/labels``);
+the sweep lists the host's active jobs, pending reservations and active flow runs,
+asks Airflow for the state of each one's task instance (and of its DAG run), and
+stops the work of those that ended (``utils.lifecycle.abandoned``): jobs are
+aborted, reservations and flow runs cancelled. It never guesses: an unknown or missing task
 instance, another namespace's work, and fire-and-forget work are left alone.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..compat import AirflowException, dag_run_state_sync, task_instance_state_sync
 from ..exceptions import OrchesJobError
+from ..hooks.orchesjob import FLOW_LABELS
 from ..utils.labels import NAMESPACE, labels_from_options, task_instance_of
 from ..utils.lifecycle import abandoned, normalize_state, stop_reason
 from .base import OrchesJobBaseOperator
@@ -32,17 +34,17 @@ def _ti_name(ref: tuple[str, str, str, int]) -> str:
 
 
 class OrchesJobSweepOperator(OrchesJobBaseOperator):
-    """Stop the host's jobs and cancel its pending reservations whose task instance has ended.
+    """Stop the host's jobs, cancel its pending reservations and flow runs, whose task instance has ended.
 
     Schedule it every few minutes per host (see ``example_dags/example_orchesjob_sweep.py``).
-    Only work started by this provider with the runtime's ``job-labels`` capability
-    and followed by its task (a start operator; a reservation with
-    ``wait_for_completion``) is considered, in the connection's run key namespace.
+    Only work started by this provider with labels (runtime capabilities ``job-labels``,
+    ``flow-labels``) and followed by its task (a start or flow operator; a reservation
+    with ``wait_for_completion``) is considered, in the connection's run key namespace.
 
     :param dry_run: report what would be stopped, stop nothing.
     :param kill_grace: seconds between TERM and KILL for each stopped job.
     :param fail_on_error: fail the task when some work could not be stopped (default True).
-    :return: one entry per piece of work looked at: ``kind`` (job/reservation), ``run_key``,
+    :return: one entry per piece of work looked at: ``kind`` (job/reservation/flow), ``run_key``,
         ``id``, ``task_instance``, ``state`` and ``action`` (``stopped``, ``would stop``,
         ``left`` or ``error: ...``).
     """
@@ -65,8 +67,10 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         namespace = self.hook.run_key_namespace()
-        jobs = self.hook.running_jobs({NAMESPACE: namespace} if namespace else None)
+        selector = {NAMESPACE: namespace} if namespace else None
+        jobs = self.hook.running_jobs(selector)
         pending = self.hook.list_reservations("RESERVED")
+        flows = self.hook.active_flows(selector) if FLOW_LABELS in self.hook.capabilities() else []
         report = [self._judge("job", job["run_key"], job["job_id"], job.get("labels") or {}, namespace)
                   for job in jobs]  # fmt: skip
         report += [
@@ -74,11 +78,13 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
                         labels_from_options(res.get("orchesjob_start_options") or []), namespace)
             for res in pending
         ]  # fmt: skip
+        report += [self._judge("flow", run["run_key"], run["run_key"], run.get("labels") or {}, namespace)
+                   for run in flows]  # fmt: skip
         report = [entry for entry in report if entry is not None]
         stopped = [e for e in report if e["action"] in ("stopped", "would stop")]
         errors = [e for e in report if e["action"].startswith("error")]
-        self.log.info("sweep of %s: %d active job(s), %d pending reservation(s) looked at; %d %s, %d error(s)",
-                      self.hook.host_label(), len(jobs), len(pending), len(stopped),
+        self.log.info("sweep of %s: %d active job(s), %d pending reservation(s), %d active flow run(s) looked at; "
+                      "%d %s, %d error(s)", self.hook.host_label(), len(jobs), len(pending), len(flows), len(stopped),
                       "would be stopped (dry run)" if self.dry_run else "stopped", len(errors))  # fmt: skip
         if errors and self.fail_on_error:
             raise AirflowException(f"the sweep could not stop {len(errors)} piece(s) of work: {errors}")
@@ -115,9 +121,11 @@ class OrchesJobSweepOperator(OrchesJobBaseOperator):
                 out = self.hook.abort_job(job_id=work_id, reason=reason, grace=self.kill_grace)
                 late = out.get("already_finished") or out.get("stop_too_late")
                 outcome = f"{out.get('status')}{' (it had finished on its own)' if late else ''}"
-            else:
+            elif kind == "reservation":
                 out = self.hook.cancel_reservation(reservation_id=work_id, reason=reason)
                 outcome = (out.get("reservation") or out).get("reservation_status") or out.get("status")
+            else:  # a flow run: cancelled as a whole (its running steps' jobs are aborted)
+                outcome = self.hook.cancel_flow(work_id, grace=self.kill_grace).get("status")
         except OrchesJobError as exc:
             self.log.error("could not stop %s %s (run key %s): %s", kind, work_id, run_key, exc)
             return {**entry, "action": f"error: {exc}"}

@@ -88,7 +88,21 @@ def build_parser() -> Parser:
         action="store_true",
         help="switch an existing, unfinished run to FLOW_FILE (steps keep their state by id)",
     )
+    p.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        action="append",
+        help="who started the run (repeatable; not for secrets); kept from the run's creation, shown in "
+        "`status` and selectable with `list --label`",
+    )
     p.add_argument("flow_file", metavar="FLOW_FILE", help="YAML or JSON flow definition, or - for stdin")
+
+    p = sub.add_parser("list", help="list flow runs, newest first")
+    p.add_argument("--active", action="store_true", help="only PENDING/RUNNING runs (all of them)")
+    p.add_argument(
+        "--label", metavar="KEY=VALUE", action="append", help="only runs carrying this label (repeatable: all of them)"
+    )
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N runs without --active (default 100)")
 
     p = sub.add_parser(
         "status",
@@ -208,10 +222,22 @@ def main(argv: list[str]) -> int:
         from ..flow_definition import load
 
         args.defn = load(args.flow_file)[0]
+    if args.cmd in ("start", "list"):
+        from .common import parse_labels
+
+        args.labels = parse_labels(args.label)
+    if args.cmd == "list" and not 1 <= args.limit <= 100000:
+        raise UsageError("--limit must be between 1 and 100000")
     flows = FlowStore(db_path(args), check_dir=not args.db)
     if window is not None:
         try:
             emit(flows.clean(**window, all_=args.all, run_key=args.run_key, dry_run=args.dry_run))
+        finally:
+            flows.close()
+        return 0
+    if args.cmd == "list":
+        try:
+            emit({"runs": flows.list_runs(active=args.active, labels=args.labels, limit=args.limit)})
         finally:
             flows.close()
         return 0
@@ -235,7 +261,8 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
     if cmd == "start":
         defn = args.defn
         source = "<stdin>" if args.flow_file == "-" else os.path.abspath(args.flow_file)
-        state = flows.create_or_resume(defn, args.run_key, source, replace=args.replace_definition)
+        state = flows.create_or_resume(defn, args.run_key, source, replace=args.replace_definition,
+                                       labels=args.labels)  # fmt: skip
         return _run_or_detach(args, flows, client, state)
     if cmd == "repair":
         defn = source = None

@@ -459,3 +459,48 @@ def test_examples(runner, tmp_path, name, env, code, expected):
     assert {k: st[k]["status"] for k in expected} == expected
     if name == "daily-import.yaml" and env:
         assert st["validate"]["attempt_no"] == 2  # retries: 1
+
+
+# ----------------------------------------------------------------- labels, list
+def test_labels_are_kept_from_creation_and_select_active_runs(runner, tmp_path):
+    path = write_flow(tmp_path, [{"id": "A", "command": ["sleep", "30"]}])
+    started = flow(runner, "start", "--run-key", "lab", "--label", "airflow.dag_id=d", "--label", "k=v", "-d", path)
+    assert started.code == 0, started.err
+    assert started.json["labels"] == {"airflow.dag_id": "d", "k": "v"}
+    assert flow(runner, "start", "--run-key", "plain", "-d", path).code == 0
+    # A resume keeps the labels the run was created with.
+    again = flow(runner, "start", "--run-key", "lab", "--label", "k=other", "-d", path)
+    assert again.code == 0 and again.json["labels"] == {"airflow.dag_id": "d", "k": "v"}
+    active = flow(runner, "list", "--active").json["runs"]
+    assert {r["run_key"] for r in active} == {"lab", "plain"}
+    picked = flow(runner, "list", "--active", "--label", "airflow.dag_id=d").json["runs"]
+    assert [(r["run_key"], r["status"], r["labels"]["k"]) for r in picked] == [("lab", "RUNNING", "v")]
+    for key in ("lab", "plain"):
+        assert flow(runner, "cancel", "--run-key", key, "--grace-seconds", "1").code == 0
+    assert flow(runner, "list", "--active").json["runs"] == []
+    assert [r["run_key"] for r in flow(runner, "list", "--limit", "1").json["runs"]] == ["plain"]
+    assert "flow-labels" in runner.ok("info")["capabilities"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["list", "--limit", "0"], "--limit"),
+        (["list", "--label", "bad key=1"], "invalid key"),
+        (["start", "--run-key", "x", "--label", "novalue", "-"], "KEY=VALUE"),
+    ],
+)
+def test_bad_flow_labels_and_limits_are_refused_before_anything_is_stored(runner, args, message):
+    r = flow(runner, *args, input='flow_id: f\nsteps: [{id: A, command: ["true"]}]\n')
+    assert r.code == 2 and message in r.error["error"]
+    assert flow(runner, "status", "--run-key", "x").code != 0
+
+
+def test_a_flow_database_of_the_previous_schema_gains_labels(runner, tmp_path):
+    from edge_runtime import schema, store
+
+    os.makedirs(runner.home, mode=0o700)
+    store.Store(os.path.join(runner.home, "orchesjob-flow.sqlite3"), schema.FLOW_MIGRATIONS[:1]).close()
+    path = write_flow(tmp_path, [{"id": "A", "command": ["true"]}])
+    r = flow(runner, "start", "--run-key", "m", "--label", "k=v", path)
+    assert r.code == 0 and r.json["labels"] == {"k": "v"}

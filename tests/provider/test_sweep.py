@@ -15,6 +15,7 @@ import pytest
 from airflow_provider_orchesjob.compat import AirflowException
 from airflow_provider_orchesjob.hooks import OrchesJobHook
 from airflow_provider_orchesjob.operators import (
+    OrchesJobFlowOperator,
     OrchesJobReserveOperator,
     OrchesJobStartOperator,
     OrchesJobSweepOperator,
@@ -192,3 +193,32 @@ def test_the_start_and_reserve_operators_label_their_work(home):
     assert job["labels"] == {"airflow.dag_id": "d", "airflow.task_id": "job", "airflow.map_index": "2",
                              "airflow.run_id": "manual__2026-11-29T10:00:00+00:00", "airflow.try_number": "1",
                              "airflow.followed": "true"}  # fmt: skip
+
+
+def test_the_sweep_cancels_the_flow_run_of_an_ended_task_instance(home):
+    hook = OrchesJobHook(None, orchesjob_home=home)
+    flow = {"flow_id": "f", "steps": [{"id": "A", "command": ["sleep", "60"]},
+                                      {"id": "B", "when": "A", "command": ["true"]}]}  # fmt: skip
+    hook.start_flow("flow-failed", flow, labels=task_labels(ti("fl"), namespace=None, followed=True))
+    hook.start_flow("flow-deferred", flow, labels=task_labels(ti("fd"), namespace=None, followed=True))
+    report = sweep(home, {("fl", -1): "failed", ("fd", -1): "deferred"})
+    assert report[("flow", "flow-failed")]["action"] == "stopped"
+    assert report[("flow", "flow-deferred")]["action"] == "left"
+    assert hook.flow_status("flow-failed")["status"] == "CANCELLED"
+    assert hook.flow_status("flow-deferred")["status"] in ("PENDING", "RUNNING")
+    # The flow's own step jobs carry no labels: judged as the flow, never one by one.
+    assert not [k for k in report if k[0] == "job"]
+    hook.cancel_flow("flow-deferred", grace=1)
+
+
+def test_the_flow_operator_labels_its_run(home):
+    op = OrchesJobFlowOperator(
+        task_id="fl",
+        ssh_conn_id=None,
+        orchesjob_home=home,
+        deferrable=False,
+        poll_interval=0.1,
+        flow={"flow_id": "f", "steps": [{"id": "A", "command": ["true"]}]},
+    )
+    flow = op.execute({"ti": ti("fl")})
+    assert flow["status"] == "SUCCEEDED" and flow["labels"]["airflow.task_id"] == "fl"
