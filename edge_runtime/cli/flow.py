@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
         write_text((mermaid if args.format == "mermaid" else dot)(defn))
         return 0
 
-    from ..flow_engine import FlowStore
+    from ..flow_store import FlowStore
 
     # Validated before the database is opened: bad input writes nothing.
     window = args.defn = None

@@ -382,7 +382,7 @@ def test_version_help_example_and_db_option(runner, tmp_path):
     assert v.code == 0 and v.out.startswith("orchesjob-flow ")
     h = flow(runner, "--help")
     assert "tick" not in h.out and "advance" not in h.out.split("positional")[-1].split("optional")[0] or True
-    assert "{start,status,watch,cancel,repair,graph,clean,example}" in h.out
+    assert "{start,list,status,watch,cancel,repair,graph,clean,example}" in h.out
     ex = flow(runner, "example")
     assert ex.code == 0 and "when: !download || !validate || !import" in ex.out
     path = tmp_path / "ex.yaml"
