@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -55,23 +56,37 @@ def test_d_marking_a_deferred_task_failed_stops_the_remote_job(dep):
     assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
 
 
-def test_d_marked_failed_before_any_triggerer_ran_its_trigger_the_sweep_stops_the_job(dep):
-    # Both triggerers stalled: the task defers, its trigger is never started, and the user
-    # marks it failed. Airflow deletes the trigger unseen: no on_kill anywhere. The sweep
-    # (a scheduled DAG in production) finds the job by its labels and stops it.
+def test_d_marked_failed_before_any_triggerer_ran_its_trigger_the_sweep_stops_the_work(dep):
+    # Both triggerers stalled: a job, a flow and a reservation task defer, their triggers are
+    # never started, and the user marks the three tasks failed. Airflow deletes the triggers
+    # unseen: no on_kill anywhere. The sweep (a scheduled DAG in production) finds the work by
+    # its labels: it aborts the job, cancels the flow run (aborting its running step) and the
+    # pending reservation.
     tok = token()
-    counter = dep.counter(f"d-sweep-{tok}")
+    counter, flow_a, flow_b = (dep.counter(f"d-sweep-{n}-{tok}") for n in ("job", "A", "B"))
+    flow_key, res_key = f"deploy-sweep-flow-{tok}", f"deploy-sweep-res-{tok}"
+    not_before = (datetime.now(timezone.utc) + timedelta(seconds=600)).isoformat()
     triggerers = [dep.components[n] for n in ("triggerer-1", "triggerer-2")]
     for comp in triggerers:
         comp.signal(signal.SIGSTOP)
     try:
-        run_id = dep.trigger(DAG, {"command": once_then_quick(counter, tok)})
-        key = run_key(DAG, "job", run_id)
-        dep.wait_ti_state(DAG, run_id, ("deferred",), 120, task_id="job")
-        wait_for("the remote job running", lambda: dep.host_lines(counter) == ["run"] and dep.host_pids(tok), 60)
-        assert not (dep.ti(DAG, run_id, "job").get("triggerer_job") or {}).get("hostname"), "no triggerer holds it"
+        runs = {
+            DAG: dep.trigger(DAG, {"command": once_then_quick(counter, tok)}),
+            "deploy_flow": dep.trigger("deploy_flow", {"run_key": flow_key, "step_a": f"echo A >> {flow_a}; "
+                                       f"sleep 300.{tok}", "step_b": f"echo B >> {flow_b}"}),
+            "deploy_reservation": dep.trigger("deploy_reservation", {"command": "true", "run_key": res_key,
+                                              "not_before": not_before}),
+        }  # fmt: skip
+        tasks = {DAG: "job", "deploy_flow": "flow", "deploy_reservation": "reserve"}
+        for dag_id, run_id in runs.items():
+            dep.wait_ti_state(dag_id, run_id, ("deferred",), 120, task_id=tasks[dag_id])
+            assert not (dep.ti(dag_id, run_id, tasks[dag_id]).get("triggerer_job") or {}).get("hostname")
+        wait_for("the remote job and flow step running", lambda: dep.host_lines(counter) == ["run"]
+                 and dep.host_lines(flow_a) == ["A"], 60)  # fmt: skip
+        key = run_key(DAG, "job", runs[DAG])
         t0 = time.monotonic()
-        dep.set_ti_state(DAG, run_id, "job", "failed")
+        for dag_id, run_id in runs.items():
+            dep.set_ti_state(dag_id, run_id, tasks[dag_id], "failed")
         time.sleep(5)
         assert dep.history(key)[0]["status"] == "RUNNING", "nothing in Airflow stops this job by itself"
         swept_at = time.monotonic()
@@ -81,14 +96,20 @@ def test_d_marked_failed_before_any_triggerer_ran_its_trigger_the_sweep_stops_th
     finally:
         for comp in triggerers:
             comp.signal(signal.SIGCONT)
-        dep.ssh_server.ssh(f"pkill -f {tok}")  # never leave the job behind
+        dep.ssh_server.ssh(f"pkill -f {tok}")  # never leave the work behind
     sweep_took = time.monotonic() - swept_at
-    dep.note("d: mark failed before any triggerer ran the trigger, then the sweep", "LocalExecutor",
-             len(dep.host_lines(counter)), sweep_took)  # fmt: skip
+    flow = dep.orchesjob(f"orchesjob-flow status --no-resume --run-key {flow_key}")
+    res = dep.orchesjob(f"orchesjob-reserver status --run-key {res_key}")["reservation"]
+    dep.note("d: job, flow and reservation tasks marked failed before any triggerer ran their triggers; the sweep",
+             "LocalExecutor", {"job": len(dep.host_lines(counter)), "A": len(dep.host_lines(flow_a)),
+                               "B": len(dep.host_lines(flow_b))}, sweep_took)  # fmt: skip
     assert "stopped by the orchesjob sweep" in job["abort_reason"] and "is failed" in job["abort_reason"]
-    assert dep.host_lines(counter) == ["run"]
-    assert [a["status"] for a in dep.history(key)] == ["ABORTED"]
-    print(f"stopped {stop:.1f}s after the mark, {sweep_took:.1f}s after the sweep run was triggered")
+    assert [a["status"] for a in dep.history(key)] == ["ABORTED"] and dep.host_lines(counter) == ["run"]
+    assert flow["status"] == "CANCELLED", flow
+    assert {s["id"]: s["status"] for s in flow["steps"]} == {"A": "CANCELLED", "B": "CANCELLED"}
+    assert dep.history(f"{flow_key}:A:1")[0]["status"] == "ABORTED" and dep.host_lines(flow_b) == []
+    assert res["reservation_status"] == "CANCELLED" and "stopped by the orchesjob sweep" in res["cancel_reason"]
+    print(f"job stopped {stop:.1f}s after the marks, {sweep_took:.1f}s after the sweep run was triggered")
 
 
 def test_d_clearing_a_deferred_task_stops_the_job_before_the_new_try_starts(dep):
