@@ -169,7 +169,12 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         return explicit or run_key_from_context(context, namespace=self.hook.run_key_namespace())
 
     def work_labels(self, context: Any, *, followed: bool = True) -> dict[str, str]:
-        """Labels naming this task instance on the work it starts (see ``utils/labels``)."""
+        """Labels naming this task instance on the work it starts (see ``utils/labels``).
+
+        With ``abort_on_kill=False`` the work is not the task's to stop: it is labelled as not
+        followed, so that no sweep stops it either.
+        """
+        followed = followed and self.abort_on_kill
         return task_labels(context["ti"], namespace=self.hook.run_key_namespace(), followed=followed)
 
     def remember_task_instance(self, context: Any) -> None:

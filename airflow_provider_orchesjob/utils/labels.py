@@ -14,9 +14,10 @@ non-secret strings shown in the host's JSON:
     the connection's run key namespace, when it has one: a sweep only ever
     touches the jobs of its own namespace;
 ``airflow.followed``
-    ``true`` when the task waits for the job to finish (a start operator, a
-    reservation with ``wait_for_completion``), ``false`` for fire-and-forget
-    work, which no sweep stops.
+    ``true`` when the task waits for the job to finish (a start or flow operator,
+    a reservation with ``wait_for_completion``) and stops it when killed
+    (``abort_on_kill``); ``false`` for fire-and-forget work, or work the task
+    never stops, which no sweep stops either.
 """
 
 from __future__ import annotations

@@ -190,6 +190,10 @@ def test_the_start_and_reserve_operators_label_their_work(home):
                                 deferrable=False, poll_interval=0.1)  # fmt: skip
     job = op.execute({"ti": ti("job", map_index=2)})
     assert job["status"] == "SUCCEEDED"
+    kept = OrchesJobStartOperator(task_id="kept", ssh_conn_id=None, orchesjob_home=home, command=["true"],
+                                  deferrable=False, poll_interval=0.1, abort_on_kill=False)  # fmt: skip
+    # abort_on_kill=False: the task never stops its work, and neither does a sweep.
+    assert kept.execute({"ti": ti("kept")})["labels"]["airflow.followed"] == "false"
     assert job["labels"] == {"airflow.dag_id": "d", "airflow.task_id": "job", "airflow.map_index": "2",
                              "airflow.run_id": "manual__2026-11-29T10:00:00+00:00", "airflow.try_number": "1",
                              "airflow.followed": "true"}  # fmt: skip
