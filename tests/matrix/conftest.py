@@ -164,11 +164,11 @@ class Deployment:
             )  # fmt: skip
         return f"{how}, restarted after {time.monotonic() - down:.1f}s"
 
-    def task_log(self, task_id: str) -> str:
-        """Every task log file of the task in this run (all tries), concatenated."""
+    def task_log(self, task_id: str, run_id: str | None = None) -> str:
+        """Every task log file of the task in this run (or ``run_id``; all tries), concatenated."""
         texts = []
         for root, _dirs, files in os.walk(os.path.join(self.home, "logs")):
-            if f"task_id={task_id}" in root and self.run_id in root:
+            if f"task_id={task_id}" in root and (run_id or self.run_id) in root:
                 for f in sorted(files):
                     with open(os.path.join(root, f), errors="replace") as fh:
                         texts.append(fh.read())

@@ -41,11 +41,11 @@ def host_jobs(
     return json.loads(r.stdout)
 
 
-def ran_in_triggerer(d: Deployment, task_id: str) -> bool:
+def ran_in_triggerer(d: Deployment, task_id: str, *, dag_id=DAG_ID, run_id=None, map_index=-1) -> bool:
     """The triggerer ran the task's trigger: it names the trigger by its task instance in its own
     log (2.x) or in the task log (3.x)."""
-    name = f"{DAG_ID}/{d.run_id}/{task_id}/-1/1 (ID "
-    return name in d.log("triggerer") or name in d.task_log(task_id)
+    name = f"{dag_id}/{run_id or d.run_id}/{task_id}/{map_index}/1 (ID "
+    return name in d.log("triggerer") or name in d.task_log(task_id, run_id)
 
 
 def wait_deferred(d: Deployment, task_id: str, timeout: float = 180) -> None:
@@ -116,6 +116,16 @@ def test_triggerer_restart_stops_only_the_mapped_job_a_user_killed(deployment, s
         wait_for(f"map index {i} deferred", lambda i=i: d.ti(task_id, map_index=i, **where)["state"] == "deferred",
                  180, d)  # fmt: skip
         wait_for(f"map index {i}'s job running", lambda i=i: jobs(i) == ["RUNNING"], 60, d)
+        # A mark before the triggerer has started the trigger reaches no trigger at all (the task
+        # instance is no longer deferred when the triggerer loads triggers): such work is the
+        # sweep's (tests/deploy, d-sweep), not on_kill's.
+        wait_for(
+            f"map index {i}'s trigger running",
+            lambda i=i: ran_in_triggerer(d, task_id, dag_id=dag_id, run_id=run_id, map_index=i),
+            60,
+            d,
+        )
+    time.sleep(1.5)  # a poll by each trigger
     d.mark_failed(task_id, map_index=0, **where)
     wait_for("map index 0's job stopped", lambda: jobs(0) and jobs(0)[0] not in ACTIVE, STOP_WITHIN, d)
     assert jobs(0) == ["ABORTED"]
