@@ -16,7 +16,7 @@ from .errors import InvalidState
 from .home import log_files
 from .jobview import tombstone_json
 from .schema import ACTIVE_JOB_STATUSES, REUSE_ALWAYS, REUSE_FAILED_ONLY
-from .store import new_id
+from .store import labels_column, new_id
 from .timefmt import now
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -119,7 +119,7 @@ def insert_job(
                 t,
                 t,
                 request_id,
-                json.dumps(labels, sort_keys=True) if labels else None,
+                labels_column(labels),
             ),
         )
     except sqlite3.IntegrityError as exc:

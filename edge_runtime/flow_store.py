@@ -14,7 +14,7 @@ import time
 from . import process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .schema import FLOW_MIGRATIONS, FLOW_TERMINAL
-from .store import Store
+from .store import Store, has_labels, labels_column, stored_labels
 
 
 def step_run_key(flow_run_key: str, step_id: str, attempt: int) -> str:
@@ -85,7 +85,7 @@ class FlowStore:
             "snapshot_sha256": run["definition_sha"],
             "repair_count": run["repair_count"],
             "advancer": self.advancer(run_key),
-            "labels": json.loads(run["labels"]) if run["labels"] else {},
+            "labels": stored_labels(run["labels"]),
         }
         return out
 
@@ -98,15 +98,13 @@ class FlowStore:
             )
         else:
             rows = self.store.all("SELECT * FROM flow_runs ORDER BY created_at DESC LIMIT ?", (limit,))
-        out = []
-        for run in rows:
-            run_labels = json.loads(run["labels"]) if run["labels"] else {}
-            if labels and not labels.items() <= run_labels.items():
-                continue
-            out.append({"run_key": run["run_key"], "flow_id": run["flow_id"], "status": run["status"],
-                        "started_at": run["created_at"], "finished_at": run["finished_at"],
-                        "labels": run_labels})  # fmt: skip
-        return out
+        return [
+            {"run_key": run["run_key"], "flow_id": run["flow_id"], "status": run["status"],
+             "started_at": run["created_at"], "finished_at": run["finished_at"],
+             "labels": stored_labels(run["labels"])}
+            for run in rows
+            if has_labels(run["labels"], labels)
+        ]  # fmt: skip
 
     # ------------------------------------------------------------ creation
     def create_or_resume(
@@ -144,8 +142,8 @@ class FlowStore:
                         os.getcwd(),
                         t,
                         t,
-                        json.dumps(labels, sort_keys=True) if labels else None,
-                    ),  # fmt: skip
+                        labels_column(labels),
+                    ),
                 )
                 db.executemany(
                     "INSERT INTO flow_steps (run_key, step_id, position, status, max_retries, updated_at) "

@@ -41,7 +41,15 @@ from .schema import (
     REUSE_POLICIES,
     TERMINAL_JOB_STATUSES,
 )
-from .store import CLEAN_BATCH, Store, clean_selection, validate_labels, validate_run_key
+from .store import (
+    CLEAN_BATCH,
+    Store,
+    clean_selection,
+    has_labels,
+    stored_labels,
+    validate_labels,
+    validate_run_key,
+)
 from .timefmt import now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -325,10 +333,7 @@ class Jobs:
         """Every active job, oldest first; with ``labels``, only those carrying all of them."""
         marks = ",".join("?" * len(ACTIVE_JOB_STATUSES))
         rows = self.store.all(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY started_at", ACTIVE_JOB_STATUSES)
-        if labels:
-            wanted = labels.items()
-            rows = [r for r in rows if r["labels"] and wanted <= json.loads(r["labels"]).items()]
-        judged = (self._judge(r) for r in rows)
+        judged = (self._judge(r) for r in rows if has_labels(r["labels"], labels))
         # strict_override on each entry, as the public release's `status --running` prints it
         return [
             dict(job_json(r), strict_override=self._override(r["run_key"]))
@@ -516,7 +521,7 @@ class Jobs:
                 reuse_policy=source["reuse_policy"],
                 rerun_of=source["job_id"],
                 rerun_reason=reason,
-                labels=json.loads(source["labels"]) if source["labels"] else None,
+                labels=stored_labels(source["labels"]),
             )
         out = self._launch(new_id, sync=sync, start_timeout=start_timeout)
         out["rerun"] = True

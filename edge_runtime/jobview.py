@@ -7,6 +7,7 @@ import os
 
 from .errors import UsageError
 from .schema import REUSE_NEVER
+from .store import stored_labels
 from .timefmt import with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -46,7 +47,7 @@ def job_json(row: sqlite3.Row) -> dict[str, Any]:
         "abort_reason": row["abort_reason"],
         "cwd": row["cwd"],
         "env_keys": sorted(json.loads(row["env"])) if row["env"] else [],
-        "labels": json.loads(row["labels"]) if row["labels"] else {},
+        "labels": stored_labels(row["labels"]),
         "timeout": row["timeout"],
         # A stop was requested but the command had already finished on its own: its outcome stands.
         "stop_too_late": row["stop_requested_at"] is not None and row["status"] in ("SUCCEEDED", "FAILED"),

@@ -11,6 +11,7 @@ per schema version, never on the hot path of a poll.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -76,6 +77,21 @@ def validate_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LEN or "\x00" in value:
             raise UsageError(f"--label {key}: the value must be at most {MAX_LABEL_VALUE_LEN} characters, no NUL")
     return labels
+
+
+def labels_column(labels: dict[str, str] | None) -> str | None:
+    """How labels are stored: a JSON object (sorted keys), NULL for none."""
+    return json.dumps(labels, sort_keys=True) if labels else None
+
+
+def stored_labels(value: str | None) -> dict[str, str]:
+    """The labels of a ``labels`` column (``{}`` for NULL)."""
+    return json.loads(value) if value else {}
+
+
+def has_labels(value: str | None, wanted: dict[str, str] | None) -> bool:
+    """Whether a ``labels`` column carries every one of ``wanted`` (any, when none are wanted)."""
+    return not wanted or wanted.items() <= stored_labels(value).items()
 
 
 def clean_selection(
