@@ -455,6 +455,11 @@ class OrchesJobHook(BaseHook):
             self._capabilities = set(info.get("capabilities", []))
         return self._capabilities
 
+    def if_capable(self, capability: str, value: Any) -> Any:
+        """``value`` where the host's runtime has ``capability``, else None: for optional refinements
+        (labels, reasons) that an older runtime would refuse and that nothing depends on."""
+        return value if value and capability in self.capabilities() else None
+
     def require(self, capability: str, feature: str) -> None:
         """Fail clearly when the host's runtime lacks ``capability`` (needed for ``feature``)."""
         if capability not in self.capabilities():
@@ -516,7 +521,7 @@ class OrchesJobHook(BaseHook):
         argv = commands.job_start(
             run_key, command, reuse_policy=reuse_policy, cwd=cwd, env_file=stdin is not None, timeout=timeout,
             start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()), retry_lost=lost,
-            labels=labels if labels and JOB_LABELS in self.capabilities() else None,
+            labels=self.if_capable(JOB_LABELS, labels),
         )  # fmt: skip
         return self.run_cli(argv, stdin=stdin, timeout=None if sync else 300)
 
@@ -742,8 +747,7 @@ class OrchesJobHook(BaseHook):
 
         ``reason`` is recorded (``cancel_reason``, or the job's ``abort_reason``) where the runtime
         has cancel reasons, and left out where it has not."""
-        if reason and CANCEL_REASON not in self.capabilities():
-            reason = None
+        reason = self.if_capable(CANCEL_REASON, reason)
         try:
             return self.run_cli(commands.reservation_cancel(run_key, reservation_id, reason=reason))
         except OrchesJobInvalidState as exc:
@@ -768,17 +772,15 @@ class OrchesJobHook(BaseHook):
         left out on a runtime without ``flow-labels`` (they only help a sweep)."""
         text = definition if isinstance(definition, str) else json.dumps(dict(definition))
         # Exit 1 = the run (already) ended FAILED/CANCELLED: still the flow JSON.
-        argv = commands.flow_start(run_key, flow_file="-", detach=detach, labels=self._flow_labels(labels))
+        argv = commands.flow_start(run_key, flow_file="-", detach=detach, labels=self.if_capable(FLOW_LABELS, labels))
         return self.run_cli(argv, stdin=text.encode(), ok_codes=(0, 1))
 
     def start_flow_file(
         self, run_key: str, path_on_host: str, *, detach: bool = True, labels: Mapping[str, str] | None = None
     ) -> dict:
-        argv = commands.flow_start(run_key, flow_file=path_on_host, detach=detach, labels=self._flow_labels(labels))
+        labels = self.if_capable(FLOW_LABELS, labels)
+        argv = commands.flow_start(run_key, flow_file=path_on_host, detach=detach, labels=labels)
         return self.run_cli(argv, ok_codes=(0, 1))
-
-    def _flow_labels(self, labels: Mapping[str, str] | None) -> Mapping[str, str] | None:
-        return labels if labels and FLOW_LABELS in self.capabilities() else None
 
     def active_flows(self, labels: Mapping[str, str] | None = None) -> list[dict]:
         """Every PENDING/RUNNING flow run on the host, with its labels (``orchesjob-flow list --active``)."""

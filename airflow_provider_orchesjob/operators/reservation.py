@@ -57,8 +57,8 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             options += ["--cwd", self.cwd]
         if self.timeout:
             options += ["--timeout", number(self.timeout)]
-        if self._labels and JOB_LABELS in self.hook.capabilities():
-            options += label_options(self._labels)  # the dispatched job carries them too
+        # The dispatched job carries the labels too.
+        options += label_options(self.hook.if_capable(JOB_LABELS, self._labels) or {})
         return options
 
     def execute(self, context: Any) -> Any:
