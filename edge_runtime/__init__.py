@@ -28,4 +28,25 @@ CAPABILITIES = (
     "job-labels",
     "reserve-cancel-reason",
     "flow-labels",
+    "start-compat-check",
 )
+
+
+def check_caller_major(expected: str) -> None:
+    """Refuse a caller that speaks another major version of this runtime's interface
+    (``start --expect-major``): checked before anything is written, so a refused start
+    did nothing and the caller can ask ``info`` and adapt."""
+    from .errors import IncompatibleCaller
+
+    if expected != __version__.split(".")[0]:
+        raise IncompatibleCaller(
+            f"this edge runtime is version {__version__}; the caller expects major version {expected}: "
+            f"install the matching airflow-provider-orchesjob on this host",
+            version=__version__,
+        )
+
+
+def runtime_summary() -> dict:
+    """What a caller needs to know about this runtime (the start reply's ``runtime`` field):
+    the same version and capabilities as ``info``, without its state-path lookups."""
+    return {"version": __version__, "capabilities": list(CAPABILITIES)}

@@ -37,6 +37,12 @@ class UsageError(OrchesError):
     kind = "invalid_arguments"
 
 
+class IncompatibleCaller(UsageError):
+    """The caller speaks another major version of this runtime's interface."""
+
+    kind = "incompatible_runtime"
+
+
 class NotFound(OrchesError):
     """The job, run key, reservation or flow run does not exist."""
 

@@ -619,11 +619,11 @@ class Jobs:
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
-        from . import CAPABILITIES, __version__
+        from . import runtime_summary
         from .home import describe
         from .proctree import tracking
 
-        out = {"version": __version__, "python": sys.version.split()[0], "capabilities": list(CAPABILITIES)}
+        out = {**runtime_summary(), "python": sys.version.split()[0]}
         out["process_tracking"] = tracking()
         out.update(describe())
         out["orchesjob_home"] = self.home

@@ -78,11 +78,17 @@ def job_start(
     request_id: str | None = None,
     retry_lost: bool = False,
     labels: Mapping[str, str] | None = None,
+    expect_major: str | None = None,
 ) -> list[str]:
     """``orchesjob start``. Environment values never go on the command line: with ``env_file`` the
     runtime reads them from stdin (``--env-file -``, the document of :func:`env_document`).
-    ``labels`` (runtime capability ``job-labels``) are not secret: they are shown in job JSON."""
-    argv = [ORCHESJOB, "start", "--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
+    ``labels`` (runtime capability ``job-labels``) are not secret: they are shown in job JSON.
+    ``expect_major`` (capability ``start-compat-check``) comes first, as one word: every older
+    runtime, and the public release, refuses it before parsing anything else."""
+    argv = [ORCHESJOB, "start"]
+    if expect_major is not None:
+        argv.append(f"--expect-major={_check_text(expect_major, 'major version')}")
+    argv += ["--run-key", _check_text(run_key, "run key"), "--reuse-policy", reuse_policy]
     if request_id:
         argv += ["--request-id", request_id]
     if retry_lost:

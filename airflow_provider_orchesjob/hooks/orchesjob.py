@@ -60,6 +60,7 @@ _ERROR_TYPES: dict[str, type[OrchesJobError]] = {
     "invalid_state": OrchesJobInvalidState,
     "invalid_arguments": OrchesJobInvalidArguments,
     "lock_error": OrchesJobLockError,
+    "incompatible_runtime": OrchesJobRuntimeIncompatible,
 }
 
 # What this provider needs from the host's runtime (see `orchesjob info`).
@@ -73,12 +74,14 @@ REARM = "reserve-rearm"  # orchesjob-reserver reserve --rearm
 JOB_LABELS = "job-labels"  # orchesjob start --label, status --running --label
 CANCEL_REASON = "reserve-cancel-reason"  # orchesjob-reserver cancel --reason
 FLOW_LABELS = "flow-labels"  # orchesjob-flow start --label, list
+START_CHECK = "start-compat-check"  # orchesjob start --expect-major: the start checks itself, replies capabilities
 LOCAL = "local"
 _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 # Hosts (hook.target_key()) where the runtime answered at least once in this process:
 # a "command not found" there later is a pipx upgrade in progress, so it is retried.
 _RUNTIME_SEEN: set[tuple] = set()
 STOP_WAIT_MARGIN = 10.0  # seconds a stop call waits beyond the grace period
+MAJOR = __version__.split(".")[0]  # a runtime of another major version is refused
 
 
 def _decode_error(stderr: bytes) -> dict:
@@ -310,8 +313,20 @@ class OrchesJobHook(BaseHook):
         while ``pipx upgrade`` replaces it) are resent within the same budget:
         neither did anything on the host.
         """
+        self._ensure_compatible(self.get_conn())
+        return self._send(argv, stdin=stdin, resend_safe=resend_safe, ok_codes=ok_codes, timeout=timeout)
+
+    def _send(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        resend_safe: bool = True,
+        ok_codes: Sequence[int] = (0,),
+        timeout: float | None = 300,
+    ) -> Any:
+        """:meth:`run_cli` without the compatibility check: for calls that check themselves."""
         transport = self.get_conn()
-        self._ensure_compatible(transport)
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
@@ -428,17 +443,21 @@ class OrchesJobHook(BaseHook):
                 stderr=result.stderr.decode("utf-8", "replace"),
             )
         info = check_result(argv, result, host_id)
-        missing = [c for c in REQUIRED_CAPABILITIES if c not in info.get("capabilities", [])]
-        remote_major = str(info.get("version", "0")).split(".")[0]
-        if missing or remote_major != __version__.split(".")[0]:
+        self._accept_runtime(host_id, info)
+        return info
+
+    def _accept_runtime(self, host_id: str, runtime: dict) -> None:
+        """Record the host's runtime (``info``, or a start reply's ``runtime``) once it is found compatible."""
+        missing = [c for c in REQUIRED_CAPABILITIES if c not in runtime.get("capabilities", [])]
+        remote_major = str(runtime.get("version", "0")).split(".")[0]
+        if missing or remote_major != MAJOR:
             raise OrchesJobRuntimeIncompatible(
-                f"edge runtime {info.get('version')} on {host_id} is incompatible with provider "
+                f"edge runtime {runtime.get('version')} on {host_id} is incompatible with provider "
                 f"{__version__} (missing capabilities: {missing or 'none'}); " + reinstall_hint()
             )
-        self._capabilities = set(info.get("capabilities", []))
+        self._capabilities = set(runtime.get("capabilities", []))
         _RUNTIME_SEEN.add(self.target_key())
         self._checked.add(host_id)
-        return info
 
     def capabilities(self) -> set[str]:
         """The capabilities the host's runtime advertises (``orchesjob info``; asked once per hook)."""
@@ -510,20 +529,42 @@ class OrchesJobHook(BaseHook):
         """
         import uuid
 
-        stdin = None
-        if env:
-            self.require(ENV_FILE, "passing env without exposing it on the host's process list")
-            stdin = commands.env_document(env)
-        lost = retry_lost and LIFECYCLE_V2 in self.capabilities()  # older runtimes retry LOST anyway
+        stdin = commands.env_document(env) if env else None
         # One request id per call: if the reply is lost and the request is resent, the
         # host returns the job the first copy created instead of judging the run key
         # again (which, e.g. after a quick failure, would start another attempt).
-        argv = commands.job_start(
-            run_key, command, reuse_policy=reuse_policy, cwd=cwd, env_file=stdin is not None, timeout=timeout,
-            start_timeout=start_timeout, sync=sync, request_id=str(uuid.uuid4()), retry_lost=lost,
-            labels=self.if_capable(JOB_LABELS, labels),
-        )  # fmt: skip
-        return self.run_cli(argv, stdin=stdin, timeout=None if sync else 300)
+        request_id = str(uuid.uuid4())
+
+        def argv_for(caps: set[str] | None) -> list[str]:
+            # caps None: not known yet, so the newest form; a runtime that lacks any of it refuses
+            # the whole call as invalid arguments before recording anything.
+            def has(cap: str) -> bool:
+                return caps is None or cap in caps
+
+            if env and not has(ENV_FILE):
+                self.require(ENV_FILE, "passing env without exposing it on the host's process list")
+            return commands.job_start(
+                run_key, command, reuse_policy=reuse_policy, cwd=cwd, env_file=stdin is not None,
+                timeout=timeout, start_timeout=start_timeout, sync=sync, request_id=request_id,
+                retry_lost=retry_lost and has(LIFECYCLE_V2),  # older runtimes retry LOST anyway
+                labels=labels if has(JOB_LABELS) else None, expect_major=MAJOR if has(START_CHECK) else None,
+            )  # fmt: skip
+
+        call_timeout = None if sync else 300
+        if self._capabilities is None:
+            # One round trip: the start checks the runtime's major version itself and replies
+            # with its capabilities. Only a runtime that refuses it is asked `info` (below).
+            try:
+                reply = self._send(argv_for(None), stdin=stdin, timeout=call_timeout)
+            except OrchesJobInvalidArguments:
+                if START_CHECK in self.capabilities():
+                    raise  # a runtime that knows every option refused the input itself
+            else:
+                self._accept_runtime(self.get_conn().host_id, reply.pop("runtime", {}))
+                return reply
+        reply = self.run_cli(argv_for(self.capabilities()), stdin=stdin, timeout=call_timeout)
+        reply.pop("runtime", None)  # known already
+        return reply
 
     def running_jobs(self, labels: Mapping[str, str] | None = None) -> list[dict]:
         """Every active job on the host (``status --running``); with ``labels``, those carrying all of them."""

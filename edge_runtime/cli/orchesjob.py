@@ -141,6 +141,13 @@ def build_parser() -> Parser:
         help="id of this start request: resending it (e.g. after a lost SSH reply) returns the job the first "
         "copy created instead of applying the reuse policy again",
     )
+    p.add_argument(
+        "--expect-major",
+        metavar="N",
+        help="refuse (exit 2, error_type incompatible_runtime, nothing started) unless this runtime's major "
+        "version is N; the reply then also carries the runtime's version and capabilities, so a remote "
+        "caller needs no separate `info` call (put it first: older runtimes refuse it as unknown)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     p = sub.add_parser(
@@ -257,7 +264,16 @@ def main(argv: list[str]) -> int:
             raise UsageError(
                 "orchesjob start: command is required (provide it after --), e.g. start --run-key K -- CMD ARGS"
             )
-        emit(jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args)))
+        if args.expect_major is not None:
+            from .. import check_caller_major
+
+            check_caller_major(args.expect_major)
+        reply = jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args))
+        if args.expect_major is not None:
+            from .. import runtime_summary
+
+            reply["runtime"] = runtime_summary()
+        emit(reply)
     elif cmd == "status":
         return _status(jobs, args)
     elif cmd == "result":

@@ -420,6 +420,22 @@ def test_version_info_and_help(runner):
     assert "failed-only" in runner.oj("start", "--help").out
 
 
+def test_start_checks_the_callers_major_version_before_anything_and_describes_the_runtime(runner):
+    from edge_runtime import CAPABILITIES, __version__
+
+    other = str(int(__version__.split(".")[0]) + 1)
+    r = runner.oj("start", f"--expect-major={other}", "--run-key", "m", "--", "true")
+    assert r.code == 2
+    assert r.error["error_type"] == "incompatible_runtime" and r.error["version"] == __version__
+    assert not os.path.exists(runner.home)  # refused before the state home was even opened
+    job = runner.ok("start", "--expect-major", __version__.split(".")[0], "--run-key", "m", "--sync", "--", "true")
+    assert job["status"] == "SUCCEEDED"
+    assert job["runtime"] == {"version": __version__, "capabilities": list(CAPABILITIES)}
+    assert "start-compat-check" in job["runtime"]["capabilities"]
+    assert job["runtime"]["capabilities"] == runner.ok("info")["capabilities"]
+    assert "runtime" not in runner.ok("start", "--run-key", "m2", "--sync", "--", "true")  # only when asked
+
+
 @pytest.mark.parametrize(
     "args",
     [["bogus"], [], ["start", "--run-key", "x", "--frobnicate", "--", "true"], ["start", "--", "true"],

@@ -175,7 +175,10 @@ def test_non_idempotent_command_is_never_resent_after_it_may_have_arrived():
 
 
 def test_start_is_resent_as_the_same_request():
-    job = b'{"job_id": "j1", "existing": true}'
+    from edge_runtime import runtime_summary
+
+    # What a current runtime answers (`--expect-major`: the reply describes the runtime).
+    job = json.dumps({"job_id": "j1", "existing": True, "runtime": runtime_summary()}).encode()
     transport = _DroppingTransport(sent=True, results=[])
     transport.results = []
     hook = _hook_with(transport)
