@@ -170,9 +170,10 @@ def _orphaned_tree(row: sqlite3.Row | dict) -> tuple[list[int], dict[int, list[i
         # its leader is provably ours: once the leader is gone its pid, and with it the
         # group id, may be reused by a stranger's group, which must never be taken for the job.
         pids += [p for p in proctree.group_members(row["target_pid"]) if p not in pids]
-    nested = proctree.nested_supervisors(pids, row["job_id"])
+    nested = proctree.supervisors_among(pids)
     own = [p for p in pids if p not in nested]
-    return own, {sup: [sup, *proctree.marked(other)] for sup, other in nested.items()}
+    # A live supervisor is its job's child subreaper: everything of that job is below it.
+    return own, {sup: [sup, *proctree.Snapshot(sup).pids] for sup in nested}
 
 
 def supervisor_alive(row: sqlite3.Row | dict) -> bool:

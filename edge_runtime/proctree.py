@@ -28,9 +28,12 @@ import os
 import signal
 
 ENV_MARKER = "ORCHESJOB_JOB_ID"
-# Set in the supervisor's own environment: lets an outer job's supervisor recognise
-# the supervisor of a job its command started (whose tree is that supervisor's).
-SUPERVISOR_MARKER = "ORCHESJOB_SUPERVISOR_OF"
+# Every supervisor's process name (``comm``, at most 15 bytes): lets an outer job's
+# supervisor recognise the supervisor of a job its command started, whose tree is
+# that supervisor's to stop. A name, not an environment variable: the supervisor is
+# forked from the CLI without an exec, and /proc/<pid>/environ only ever shows the
+# environment a process was exec'd with.
+SUPERVISOR_COMM = b"orchesjob-sv"
 _PR_SET_CHILD_SUBREAPER = 36
 _DEAD_STATES = (b"Z", b"X", b"x")
 
@@ -74,8 +77,17 @@ def _pids() -> list[int]:
         raise _cannot_inspect("/proc", exc) from None
 
 
-def _stat(pid: int) -> tuple[int, int, bytes] | None:
-    """(parent pid, process group, state letter) of a process, or None if it is gone."""
+def mark_supervisor() -> None:
+    """Name this process as a job's supervisor (see ``SUPERVISOR_COMM``)."""
+    try:
+        with open("/proc/self/comm", "wb") as f:
+            f.write(SUPERVISOR_COMM)
+    except OSError:
+        pass  # no /proc: process-group tracking, which never looks at names
+
+
+def _stat(pid: int) -> tuple[int, int, bytes, bytes] | None:
+    """(parent pid, process group, state letter, name) of a process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -84,8 +96,9 @@ def _stat(pid: int) -> tuple[int, int, bytes] | None:
             return None
         raise _cannot_inspect(f"process {pid}", exc) from None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split(None, 3)
-    return int(rest[1]), int(rest[2]), rest[0]
+    end = data.rindex(b")")
+    rest = data[end + 2 :].split(None, 3)
+    return int(rest[1]), int(rest[2]), rest[0], data[data.index(b"(") + 1 : end]
 
 
 def _environ(pid: int) -> bytes:
@@ -101,28 +114,30 @@ def _environ(pid: int) -> bytes:
 class Snapshot:
     """One walk of the tree below ``root``: its processes, and the nested jobs' supervisors.
 
-    A job may start other orchesjob jobs; their supervisors (marked with
-    ``ORCHESJOB_SUPERVISOR_OF``) are descendants too. Their own trees are theirs
-    to stop: a snapshot lists such a supervisor in ``nested`` and leaves out
-    everything below it, so that every process is signalled by one owner only.
+    A job may start other orchesjob jobs; their supervisors (named
+    ``SUPERVISOR_COMM``) are descendants too. With ``split_nested``, their own
+    trees are left to them: such a supervisor is listed in ``nested`` and
+    everything below it is left out, so that every process is signalled by one
+    owner only. Without it, the snapshot is everything below ``root``.
     """
 
-    def __init__(self, root: int, job_id: str | None = None) -> None:
+    def __init__(self, root: int, split_nested: bool = False) -> None:
         children: dict[int, list[int]] = {}
         groups: dict[int, int] = {}
+        supervisors: set[int] = set()
         for pid in _pids():
             st = _stat(pid)
             if st is not None and st[2] not in _DEAD_STATES:
                 children.setdefault(st[0], []).append(pid)
                 groups[pid] = st[1]
-        own = f"{SUPERVISOR_MARKER}={job_id}".encode() if job_id else None
+                if split_nested and st[3] == SUPERVISOR_COMM:
+                    supervisors.add(pid)
         self.pids: list[int] = []
         self.nested: list[int] = []
         queue = [root]
         while queue:
             for child in children.get(queue.pop(0), ()):
-                env = _environ(child) if job_id else b""
-                if b"\0" + SUPERVISOR_MARKER.encode() + b"=" in env and b"\0" + own + b"\0" not in env:
+                if child in supervisors:
                     self.nested.append(child)
                     continue
                 self.pids.append(child)
@@ -147,17 +162,13 @@ def marked(job_id: str) -> list[int]:
     return out
 
 
-def nested_supervisors(pids: list[int], job_id: str) -> dict[int, str]:
-    """Which of ``pids`` are supervisors of other jobs (started from this job's tree): pid -> their job id."""
-    prefix = b"\0" + SUPERVISOR_MARKER.encode() + b"="
-    out = {}
+def supervisors_among(pids: list[int]) -> list[int]:
+    """Which of ``pids`` are supervisors (of jobs started from a job's tree)."""
+    out = []
     for pid in pids:
-        env = _environ(pid)
-        at = env.find(prefix)
-        if at >= 0:
-            other = env[at + len(prefix) : env.index(b"\0", at + 1)].decode(errors="replace")
-            if other != job_id:
-                out[pid] = other
+        st = _stat(pid)
+        if st is not None and st[3] == SUPERVISOR_COMM:
+            out.append(pid)
     return out
 
 

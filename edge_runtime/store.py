@@ -132,18 +132,30 @@ class Store:
         self.path = path
         private_dir(os.path.dirname(os.path.abspath(path)), check=check_dir)
         private_file(path)
+        self.conn = self._connect()
         try:
-            self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise OrchesError(f"cannot open database {path}: {exc}", db=path) from None
-        self.conn.row_factory = sqlite3.Row
-        try:
-            self.conn.execute("PRAGMA synchronous=FULL")
             if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(migrations):
                 self._migrate(migrations)
         except sqlite3.Error as exc:
             self.conn.close()
             raise database_error(exc, path) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OrchesError(f"cannot open database {self.path}: {exc}", db=self.path) from None
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise database_error(exc, self.path) from None
+        return conn
+
+    def reopen(self) -> None:
+        """A new connection in place of the closed one (the schema was checked when first opened)."""
+        self.conn = self._connect()
 
     def _refuse_foreign(self) -> None:
         # Tables but no version of ours: another program's file (e.g. the public

@@ -1,9 +1,15 @@
 """The per-job supervisor process: it owns the job's process tree from launch to outcome.
 
-``start`` claims the job, then spawns this module as a detached process (double
-fork + exec of a fresh, isolated interpreter: ``python -I``, so nothing from the
-caller's directory or user site is imported; it inherits no SQLite state,
-threads or terminal, and the caller's SSH channel can close at once).
+``start`` claims the job, then becomes its supervisor in a detached process: a
+double fork of the already-initialised CLI process, without an exec (a second
+interpreter start would cost each start ~20 ms of the host's CPU, on the path to
+the caller's reply). The fork is made safe for what a fresh interpreter got for
+free: the caller closes its connection to the jobs database first, so no SQLite
+state crosses; the supervisor closes every inherited descriptor but its progress
+pipe (the caller's SSH channel can close at once, and nothing the caller held —
+another database, a dispatcher's lock — is held on by a long-running job),
+restores default signal handling and never collects the caller's objects. What it
+imports later comes from the caller's own module path.
 
 Ordering is what makes crashes safe. Each step is committed before the next
 one can have an effect outside the database:
@@ -30,12 +36,12 @@ outcome from the record, or call it LOST when there is none.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
 import signal
 import sqlite3
-import sys
 import time
 
 from . import lifecycle, process, proctree
@@ -78,7 +84,10 @@ class Notify:
 
 
 def spawn(db_path: str, job_id: str) -> Notify:
-    """Start a detached supervisor for ``job_id``; returns its progress pipe."""
+    """Start a detached supervisor for ``job_id``; returns its progress pipe.
+
+    The caller must hold no connection to ``db_path`` (see the module docstring).
+    """
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # intermediate child: detach, fork again, exit
@@ -86,25 +95,42 @@ def spawn(db_path: str, job_id: str) -> Notify:
             os.setsid()
             os.chdir("/")  # the supervisor holds no directory of the caller's
             if os.fork() == 0:
-                os.close(r)
-                os.set_inheritable(w, True)
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables:
-                # a json.py planted in the caller's directory is never imported.
-                # The marker lets the supervisor of an outer job (if this start ran inside
-                # one) leave this job's tree to us: see proctree.Snapshot.
-                os.execve(
-                    sys.executable,
-                    [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
-                    {**os.environ, proctree.SUPERVISOR_MARKER: job_id},
-                )
+                _become_supervisor(db_path, job_id, r, w)
         finally:
             os._exit(0)
     os.close(w)
     os.waitpid(pid, 0)
     return Notify(r)
+
+
+def _become_supervisor(db_path: str, job_id: str, r: int, w: int) -> None:
+    # The caller's objects stay as they are: a collection here could finalise one of its
+    # SQLite connections (to another file), whose locks are the caller's, not ours.
+    gc.freeze()
+    os.close(r)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    _close_inherited(keep=(0, 1, 2, w))
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if callable(signal.getsignal(sig)):  # the caller's Python handlers (e.g. a dispatcher's)
+            signal.signal(sig, signal.SIG_DFL)
+    proctree.mark_supervisor()
+    supervise(db_path, job_id, w)
+
+
+def _close_inherited(keep: tuple[int, ...]) -> None:
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every possible descriptor
+        fds = range(os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # (the listing's own descriptor, already closed)
 
 
 def _launch_child(argv: list[str], env: dict, cwd: str | None, out_path: str, err_path: str):
@@ -176,7 +202,7 @@ class _Tree:
                 self.main_status = status
 
     def snapshot(self) -> proctree.Snapshot:
-        return proctree.Snapshot(os.getpid(), self.job_id)
+        return proctree.Snapshot(os.getpid(), split_nested=True)
 
     def terminate(self, grace: float) -> None:
         """The stop's one TERM round: every process of the tree gets one SIGTERM, once.
@@ -253,8 +279,6 @@ def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool
 
 
 def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
-    # Inherited on purpose through our exec; the command must not inherit it in turn.
-    os.set_inheritable(notify_fd, False)
     store = Store(db_path, JOBS_MIGRATIONS)
 
     def tell(marker: bytes) -> None:
@@ -275,7 +299,6 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
 
     env = dict(os.environ)
     env.pop("ORCHESJOB_TEST_KILL_AT", None)  # crash-test hook: ours, not the command's
-    env.pop(proctree.SUPERVISOR_MARKER, None)  # marks the supervisor only, never the job's own processes
     if row["env"]:
         env.update(json.loads(row["env"]))
     env[proctree.ENV_MARKER] = job_id
@@ -353,15 +376,3 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         _write_until_it_lands(store, job_id, outcome, tree.killed, record_pending)
         lifecycle.discard_outcome(record_path)
     tell(b"F")
-
-
-def main() -> None:
-    db_path, job_id, fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    try:
-        supervise(db_path, job_id, fd)
-    finally:
-        os._exit(0)
-
-
-if __name__ == "__main__":
-    main()

@@ -280,6 +280,35 @@ def test_a_module_planted_in_the_callers_directory_is_never_imported(runner, tmp
     assert not hit.exists(), f"imported from the caller's directory: {hit.read_text()}"
 
 
+def test_the_supervisor_keeps_nothing_the_caller_held(runner, tmp_path):
+    """The supervisor is the CLI process forked (no second interpreter): it must not hold on to
+    the caller's descriptors — e.g. a dispatcher's lock, or the caller's SSH channel."""
+    import fcntl
+
+    lock_path = tmp_path / "callers.lock"
+    held = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the caller's lock, on a descriptor the CLI inherits
+    r = runner.run("orchesjob", "start", "--run-key", "fds", "--", "sleep", "30", pass_fds=(held,))
+    os.close(held)
+    assert r.code == 0, r.err
+    job = r.json
+    sup = job["worker_pid"]
+    with open(f"/proc/{sup}/comm", "rb") as f:
+        assert f.read().strip() == proctree.SUPERVISOR_COMM
+    fds = {fd: os.readlink(f"/proc/{sup}/fd/{fd}") for fd in os.listdir(f"/proc/{sup}/fd")}
+    assert str(lock_path) not in fds.values()
+    assert all(fds[fd] == os.devnull for fd in ("0", "1", "2"))
+    # With the CLI gone, nobody holds the caller's lock while the job runs on.
+    probe = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+    assert runner.ok("status", "--run-key", "fds")["status"] == "RUNNING"
+    runner.ok("abort", "--run-key", "fds")
+    assert wait_status(runner, "fds")["status"] == "ABORTED"
+
+
 # ------------------------------------------------------------------ secrets
 def test_env_values_never_on_a_command_line(runner, tmp_path):
     secret = "s3cr3t-" + os.urandom(6).hex()
