@@ -122,7 +122,8 @@ def jump_host_entries(value: Any) -> list[dict[str, Any]]:
                     f"jump host {item!r}: needs 'host'; allowed keys are {', '.join(JUMP_HOST_KEYS)}"
                     + (f" (unknown: {', '.join(unknown)})" if unknown else "")
                 )
-            entries.append({**item, "username": item.get("username") or item.get("login")})
+            own = {key: value for key, value in item.items() if key != "login"}
+            entries.append({**own, "port": item.get("port"), "username": item.get("username") or item.get("login")})
         else:
             raise ValueError(f"jump host {item!r}: expected 'user@host:port' or an object")
     return entries
@@ -160,11 +161,19 @@ class SSHConfig:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
     @property
+    def address(self) -> str:
+        return f"{self.username}@{self.host_id}" if self.username else self.host_id
+
+    @property
     def label(self) -> str:
         """How errors name this hop: the host id, or "jump host user@host" for a hop on the way."""
-        if self.role == "host":
-            return self.host_id
-        return f"{self.role} {self.username + '@' if self.username else ''}{self.host_id}"
+        return self.host_id if self.role == "host" else f"{self.role} {self.address}"
+
+    @property
+    def route_label(self) -> str:
+        """The host and the jump hosts on the way to it, for logs: ``edge1 via ops@bastion``."""
+        via = ", ".join(hop.address for hop in self.jump_hosts)
+        return f"{self.host_id} via {via}" if via else self.host_id
 
     @property
     def route(self) -> tuple[tuple[str, int, str | None], ...]:
