@@ -330,16 +330,38 @@ def _paramiko_host_key(config: SSHConfig) -> Any:
     return None
 
 
-def _tunnel(client: Any, hop: SSHConfig, next_hop: SSHConfig) -> Any:
-    """A channel from jump host ``hop`` to ``next_hop``'s SSH port (what ``ssh -J`` opens)."""
-    import paramiko
+class _Tunnel:
+    """The socket a hop's connection runs over: a channel from jump host ``hop`` to ``next_hop``'s
+    SSH port (what ``ssh -J`` opens), a fresh one for each connection attempt.
 
-    try:
-        return client.get_transport().open_channel(
-            "direct-tcpip", (next_hop.host, next_hop.port), ("127.0.0.1", 0), timeout=hop.conn_timeout
-        )
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise OrchesJobConnectionError(f"{hop.label} could not reach {next_hop.label}: {exc}") from exc
+    providers-ssh before 6.0 makes three attempts whatever we ask, all over the one ``sock``
+    it was given; a channel paramiko has closed cannot carry another. paramiko's Transport
+    sets the timeout of its socket first thing, so a new channel is opened there when the
+    last one is closed — and never behind a connection's back later.
+    """
+
+    def __init__(self, client: Any, hop: SSHConfig, next_hop: SSHConfig) -> None:
+        self._client, self._hop, self._next_hop = client, hop, next_hop
+        self._channel = self._open()
+
+    def _open(self) -> Any:
+        import paramiko
+
+        hop, next_hop = self._hop, self._next_hop
+        try:
+            return self._client.get_transport().open_channel(
+                "direct-tcpip", (next_hop.host, next_hop.port), ("127.0.0.1", 0), timeout=hop.conn_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
+            raise OrchesJobConnectionError(f"{hop.label} could not reach {next_hop.label}: {exc}") from exc
+
+    def settimeout(self, timeout: float | None) -> None:
+        if self._channel.closed:
+            self._channel = self._open()
+        self._channel.settimeout(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
 
 
 class SSHTransport:
@@ -358,7 +380,7 @@ class SSHTransport:
             sock = None
             if client is not None:
                 self._jump_clients.append(client)
-                sock = _tunnel(client, previous, hop)
+                sock = _Tunnel(client, previous, hop)
             client, previous = self._connect_hop(hop, sock), hop
         return client
 
