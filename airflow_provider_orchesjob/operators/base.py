@@ -137,7 +137,11 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         ``ids``: ``job_id``, ``reservation_id``, ``flow_id`` (those that are None are left out).
         """
         named = "".join(f", {key.replace('_', ' ')} {value}" for key, value in ids.items() if value is not None)
-        self.log.info("orchesjob: attached to host %s, run key %s%s", self.hook.host_label(), run_key, named)
+        try:
+            where = self.hook.host_label()
+        except Exception as exc:  # noqa: BLE001 - a log line never fails the task (e.g. on resume)
+            where = f"{self.remote_host or '?'} (connection {self.ssh_conn_id} unreadable: {exc})"
+        self.log.info("orchesjob: attached to host %s, run key %s%s", where, run_key, named)
 
     # Airflow 3.3's task state store: an extra record of the remote job, nothing decides on it
     # (the deterministic run key is what finds the job again, with no window between start and

@@ -103,3 +103,12 @@ def test_the_host_in_the_header_names_the_jump_hosts():
                         extra_dejson={"jump_hosts": "ops@bastion:2222, inner-jump"})
     )  # fmt: skip
     assert hook.host_label() == "edge1 via ops@[bastion]:2222, etl@inner-jump"
+
+
+def test_a_connection_unreadable_on_resume_does_not_fail_a_finished_job(capfd, caplog):
+    op = OrchesJobStartOperator(task_id="t", ssh_conn_id="orchesjob_no_such_connection", command=["true"])
+    job = {"job_id": "j-1", "run_key": "k-1", "status": "SUCCEEDED", "exit_code": 0}
+    assert op.execute_complete(context(), {"status": "done", "run_key": "k-1", "job_id": "j-1", "job": job}) == job
+    text = "".join(capfd.readouterr()) + caplog.text
+    assert "orchesjob: attached to host ? (connection orchesjob_no_such_connection unreadable" in text
+    assert "run key k-1, job id j-1" in text
