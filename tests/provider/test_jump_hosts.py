@@ -42,6 +42,10 @@ class Bastion:
     def hop(self) -> str:
         return f"{self.jump.user}@{self.jump.host}:{self.jump.port}"
 
+    def hop_object(self, **own) -> dict:
+        """The jump host as a JSON object, with settings of its own."""
+        return {"host": self.jump.host, "port": self.jump.port, "username": self.jump.user, **own}
+
     def connection(self, conn_id: str, **extra) -> str:
         """A connection to the edge host through the jump host (``extra`` overrides), with a fresh state home."""
         home = os.path.join(self.inner.home, ".orchesjob-tests", uuid.uuid4().hex)
@@ -68,7 +72,8 @@ def bastion(ssh_server):
         known_hosts = os.path.join(workdir, "known_hosts")
         with open(known_hosts, "w") as f:
             for server in (inner, jump):
-                f.write(open(server.known_hosts).read())
+                with open(server.known_hosts) as part:
+                    f.write(part.read())
         yield Bastion(inner, jump, known_hosts)
     finally:
         for server in (jump, inner):
@@ -113,16 +118,14 @@ def test_a_job_starts_and_is_followed_through_the_jump_host_on_both_paths(bastio
 
 
 def test_a_hop_of_its_own_key_file_and_host_key(bastion):
-    hop = {"host": bastion.jump.host, "port": bastion.jump.port, "username": bastion.jump.user,
-           "key_file": bastion.jump.key_file, "host_key": bastion.jump.host_key_line}  # fmt: skip
+    hop = bastion.hop_object(key_file=bastion.jump.key_file, host_key=bastion.jump.host_key_line)
     conn_id = bastion.connection("oj_jump_own", jump_hosts=[hop], known_hosts=bastion.inner.known_hosts)
     assert OrchesJobHook(conn_id).start_job("own-hop", ["true"], sync=True)["status"] == "SUCCEEDED"
     assert asyncio.run(OrchesJobHook(conn_id).ajob_status("own-hop"))["status"] == "SUCCEEDED"
 
 
 def test_a_wrong_host_key_at_the_jump_host_is_refused_on_both_paths(bastion):
-    hop = {"host": bastion.jump.host, "port": bastion.jump.port, "username": bastion.jump.user,
-           "host_key": WRONG_KEY}  # fmt: skip
+    hop = bastion.hop_object(host_key=WRONG_KEY)
     conn_id = bastion.connection("oj_jump_wrong_key", jump_hosts=[hop])
     before = bastion.inner.connections()
     with pytest.raises(OrchesJobHostKeyError, match=f"jump host {bastion.jump.user}@"):
@@ -141,8 +144,7 @@ def test_a_wrong_host_key_at_the_jump_host_is_refused_on_both_paths(bastion):
 
 
 def test_the_edge_host_key_is_checked_behind_the_jump_host(bastion):
-    hop = {"host": bastion.jump.host, "port": bastion.jump.port, "username": bastion.jump.user,
-           "known_hosts": bastion.known_hosts}  # fmt: skip
+    hop = bastion.hop_object(known_hosts=bastion.known_hosts)
     conn_id = bastion.connection("oj_jump_inner_key", host_key=WRONG_KEY, known_hosts=None, jump_hosts=[hop])
     with pytest.raises(OrchesJobHostKeyError) as err:
         OrchesJobHook(conn_id).runtime_info()
