@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_USER = os.environ.get("ORCHESJOB_TEST_SSH_USER", "orchesjob-it")
@@ -158,13 +158,30 @@ class SSHServer:
     log_file: str
     process: subprocess.Popen | None = None
     host: str = "127.0.0.1"
+    # Prefix of the commands that must run in the server's network (sshd itself, ``ssh()``),
+    # e.g. ``nsenter --net=...`` for a server only reachable through a jump host.
+    launcher: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, workdir: str, *, install_runtime: bool = True) -> SSHServer:
+    def create(
+        cls,
+        workdir: str,
+        *,
+        install_runtime: bool = True,
+        user: str = TEST_USER,
+        host: str = "127.0.0.1",
+        launcher: list[str] | None = None,
+    ) -> SSHServer:
+        """Keys, known_hosts and a started sshd for ``user`` on ``host``.
+
+        ``install_runtime``: reset the user's state and install this checkout's runtime for it
+        (False: the user needs none, or another server of the same user installed it).
+        """
         os.makedirs(workdir, exist_ok=True)
         os.chmod(workdir, 0o755)
-        user = ensure_user()
-        reset_user_state(user)
+        account = ensure_user(user)
+        if install_runtime:
+            reset_user_state(account)
         for name in ("host_ed25519", "client_ed25519"):
             path = os.path.join(workdir, name)
             if not os.path.exists(path):
@@ -178,22 +195,25 @@ class SSHServer:
         known_hosts = os.path.join(workdir, "known_hosts")
         with open(known_hosts, "w") as f:
             # Two names for the same host, so fan-out tests can address "two" hosts.
-            f.write(f"[127.0.0.1]:{port} {host_key_line}\n[localhost]:{port} {host_key_line}\n")
+            names = [host, "localhost"] if host == "127.0.0.1" else [host]
+            f.writelines(f"[{name}]:{port} {host_key_line}\n" for name in names)
         server = cls(
             workdir=workdir,
-            user=user.pw_name,
-            home=user.pw_dir,
+            user=account.pw_name,
+            home=account.pw_dir,
             port=port,
             key_file=os.path.join(workdir, "client_ed25519"),
             known_hosts=known_hosts,
             host_key_line=host_key_line,
             log_file=os.path.join(workdir, "sshd.log"),
+            host=host,
+            launcher=list(launcher or []),
         )
         if install_runtime:
             # Outside the (root-only) pytest tmp dir: the test user must read the wheel.
             wheels = tempfile.mkdtemp(prefix="orchesjob-wheel-")
             try:
-                pipx_install(user, build_wheel(wheels))
+                pipx_install(account, build_wheel(wheels))
             finally:
                 shutil.rmtree(wheels, ignore_errors=True)
         server.start()
@@ -203,7 +223,7 @@ class SSHServer:
         return "\n".join(
             [
                 f"Port {self.port}",
-                "ListenAddress 127.0.0.1",
+                f"ListenAddress {self.host}",
                 f"HostKey {self.workdir}/host_ed25519",
                 f"PidFile {self.workdir}/sshd.pid",
                 f"AuthorizedKeysFile {self.workdir}/authorized_keys",
@@ -228,18 +248,26 @@ class SSHServer:
         with open(config, "w") as f:
             f.write(self.config_text())
         self.process = subprocess.Popen(
-            [find_sshd(), "-D", "-f", config, "-E", self.log_file], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+            [*self.launcher, find_sshd(), "-D", "-f", config, "-E", self.log_file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited: {self.process.stderr.read().decode()} {self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if self.listening():
+                return
+            time.sleep(0.05)
         raise RuntimeError("sshd did not start listening")
+
+    def listening(self) -> bool:
+        if self.launcher:  # not reachable from here: sshd's own log line tells
+            return f"Server listening on {self.host} port {self.port}" in self.log()
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -284,7 +312,8 @@ class SSHServer:
     def ssh(self, command: str) -> subprocess.CompletedProcess:
         """Run a command over the real ssh client (for checks on the host side)."""
         return subprocess.run(
-            ["ssh", "-p", str(self.port), "-i", self.key_file, "-o", f"UserKnownHostsFile={self.known_hosts}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{self.user}@127.0.0.1", command],
+            [*self.launcher, "ssh", "-p", str(self.port), "-i", self.key_file,
+             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+             f"{self.user}@{self.host}", command],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -33,6 +33,7 @@ from ..exceptions import (
     OrchesJobRuntimeIncompatible,
     OrchesJobRuntimeMissing,
 )
+from ..utils import connection_form
 from ..utils.lifecycle import TERMINAL_JOB
 from . import commands
 from .transport import (
@@ -192,7 +193,8 @@ class OrchesJobHook(BaseHook):
         ``host_key``. Edge extras: ``orchesjob_home`` (ORCHESJOB_HOME on the
         host), ``orchesjob_bin_dir`` (where the CLIs are; default: PATH plus
         ``~/.local/bin``), ``max_sessions`` (concurrent sessions per shared
-        connection, default 8).
+        connection, default 8), ``jump_hosts`` (hosts to tunnel through,
+        outermost first: ``"user@jump1:22, jump2"`` or a list; see the README).
     :param transport: ``"ssh"`` (default when a connection is given) or
         ``"local"`` (run the CLIs on this machine; the zero-setup mode).
     :param remote_host: override the connection's host (fan-out over hosts).
@@ -203,19 +205,18 @@ class OrchesJobHook(BaseHook):
     default_conn_name = "ssh_default"
     # Its own type in the UI (SSH fields plus the edge extras); ``ssh`` connections work the same.
     conn_type = "orchesjob"
-    hook_name = "OrchesJob (SSH)"
+    hook_name = connection_form.HOOK_NAME
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema"],
-            "relabeling": {"login": "Username"},
-            "placeholders": {
-                "extra": '{"key_file": "/path/to/id_ed25519", "known_hosts": "/path/to/known_hosts", '
-                '"orchesjob_home": "/var/lib/orchesjob", "orchesjob_bin_dir": "/opt/orchesjob/bin"}',
-                "port": "22",
-            },
-        }
+        """Hidden, relabelled and pre-filled connection form fields (Airflow 2.11 to 3.1; 3.2+ reads the
+        provider info's ``ui-field-behaviour``, from the same table)."""
+        return connection_form.ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The connection form's extra fields (Airflow 2.11 to 3.1; 3.2+ reads ``conn-fields``)."""
+        return connection_form.form_widgets()
 
     def __init__(
         self,
@@ -363,7 +364,8 @@ class OrchesJobHook(BaseHook):
         return self.ssh_config().edge.command_line(argv)
 
     def host_label(self) -> str:
-        return self._where()
+        """Where this hook's commands run, for logs: ``local``, or the host and its jump hosts."""
+        return LOCAL if self.transport_kind == LOCAL else self.ssh_config().route_label
 
     async def arun_script(self, script: str, *, timeout: float | None = 300) -> CommandResult:
         """Run a read-only shell script (e.g. :func:`commands.batch_script`) in one session, resending it

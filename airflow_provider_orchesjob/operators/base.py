@@ -131,6 +131,18 @@ class OrchesJobBaseOperator(EdgeConnectionMixin, BaseOperator):
         except Exception as exc:  # noqa: BLE001 - only a refinement of the kill check
             self.log.warning("could not record the try number: %s", exc)
 
+    def log_attached(self, run_key: str | None, **ids: Any) -> None:
+        """The task log's header line when a try starts or resumes: which remote work it follows, where.
+
+        ``ids``: ``job_id``, ``reservation_id``, ``flow_id`` (those that are None are left out).
+        """
+        named = "".join(f", {key.replace('_', ' ')} {value}" for key, value in ids.items() if value is not None)
+        try:
+            where = self.hook.host_label()
+        except Exception as exc:  # noqa: BLE001 - a log line never fails the task (e.g. on resume)
+            where = f"{self.remote_host or '?'} (connection {self.ssh_conn_id} unreadable: {exc})"
+        self.log.info("orchesjob: attached to host %s, run key %s%s", where, run_key, named)
+
     # Airflow 3.3's task state store: an extra record of the remote job, nothing decides on it
     # (the deterministic run key is what finds the job again, with no window between start and
     # record). Versions without it (no ``task_state_store`` in the context) skip both.

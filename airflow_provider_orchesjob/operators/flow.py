@@ -31,6 +31,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
     # Not flow_path_on_host: template_ext would make Airflow load that host path on the worker.
     template_fields: Sequence[str] = (*OrchesJobBaseOperator.template_fields, "flow", "flow_run_key")
     template_ext: Sequence[str] = (".yaml", ".yml", ".json")
+    template_fields_renderers = {"flow": "yaml"}
 
     def __init__(
         self,
@@ -46,6 +47,8 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
         if (flow is None) == (flow_path_on_host is None):
             raise ValueError("give exactly one of flow or flow_path_on_host")
         self.flow = flow
+        if isinstance(flow, Mapping):
+            self.template_fields_renderers = {"flow": "json"}  # a dict is shown as data, YAML text as YAML
         self.flow_path_on_host = flow_path_on_host
         self.flow_run_key = flow_run_key
 
@@ -61,6 +64,7 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
             started = self.hook.start_flow(run_key, definition, labels=labels)
         self.log.info("flow %s run %s: %s (%d steps)", started.get("flow_id"), run_key, started.get("status"),
                       len(started.get("steps", [])))  # fmt: skip
+        self.log_attached(run_key, flow_id=started.get("flow_id"))
         if started.get("status") in ("FAILED", "CANCELLED") and self.repair_on_retry:
             # A retry (or a cleared task) of a flow that already ended badly: re-run its
             # failed, cancelled and skipped steps; succeeded steps are kept, never re-run.
@@ -91,6 +95,8 @@ class OrchesJobFlowOperator(OrchesJobBaseOperator):
             raise AirflowTaskTimeout(message) from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        flow = event.get("flow") or {}
+        self.log_attached(event.get("flow_run_key") or flow.get("run_key"), flow_id=flow.get("flow_id"))
         self.raise_for_event(event)
         return self.finish(event["flow"])
 

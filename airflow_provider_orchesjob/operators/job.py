@@ -76,6 +76,9 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
         if on_success_found not in ON_SUCCESS_FOUND:
             raise ValueError(f"on_success_found must be one of {ON_SUCCESS_FOUND}, got {on_success_found!r}")
         self.command = command
+        if not isinstance(command, str):
+            # An argv list is shown as the list it is, not as shell text.
+            self.template_fields_renderers = {**type(self).template_fields_renderers, "command": "json"}
         self.env = env
         self.cwd = cwd
         self.timeout = timeout
@@ -110,6 +113,7 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
     def run_and_wait(self, context: Any, job: dict[str, Any]) -> Any:
         """Follow ``job`` (deferred or in the worker) to its end."""
         self._job_id = job["job_id"]
+        self.log_attached(self.run_key, job_id=job["job_id"])
         self.record_job(context, job)
         if job["status"] not in ACTIVE_JOB:
             return self.conclude(context, job, self._stderr_tail(job))
@@ -224,6 +228,7 @@ class OrchesJobStartOperator(OrchesJobBaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self.remember_task_instance(context)
         self.run_key = event.get("run_key") or self.task_run_key(context, self.run_key)
+        self.log_attached(self.run_key, job_id=event.get("job_id") or (event.get("job") or {}).get("job_id"))
         self.raise_for_event(event)
         return self.conclude(context, event["job"], event.get("stderr_tail", ""))
 

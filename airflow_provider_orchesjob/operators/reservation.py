@@ -33,6 +33,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
     """
 
     template_fields: Sequence[str] = (*OrchesJobStartOperator.template_fields, "not_before", "expires_at", "metadata")
+    template_fields_renderers = {**OrchesJobStartOperator.template_fields_renderers, "metadata": "json"}
 
     def __init__(
         self,
@@ -88,6 +89,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             "created" if out["created"] else "found existing", res["reservation_id"], run_key,
             res["reservation_status"], res.get("not_before_iso") or "now",
         )  # fmt: skip
+        self.log_attached(run_key, reservation_id=res["reservation_id"], job_id=res.get("job_id"))
         if not self.wait_for_completion:
             return res
         job_id = res.get("job_id")
@@ -99,6 +101,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             self.log.info("dispatched job %s had not succeeded: now job %s (attempt %s, %s)", job_id,
                           job["job_id"], job.get("attempt_no"), job["status"])  # fmt: skip
             job_id = job["job_id"]
+            self.log_attached(run_key, job_id=job_id)
         # The killed earlier try may still be cancelling the reservation: a cancel seen up to
         # REARM_WINDOW from now came from it, and this try re-arms once more (never twice).
         rearm_before = time.time() + REARM_WINDOW if rearm and not self._late_rearmed else None
@@ -135,6 +138,7 @@ class OrchesJobReserveOperator(OrchesJobStartOperator):
             if res["reservation_status"] == "DISPATCHED" and res.get("job_id"):
                 job_id = res["job_id"]
                 self.log.info("reservation dispatched as job %s", job_id)
+                self.log_attached(run_key, job_id=job_id)
             elif res["reservation_status"] in PENDING_RESERVATION:
                 time.sleep(self.poll_interval)
             elif cancelled_by_earlier_try(res, rearm_before, _try_of(context)):
