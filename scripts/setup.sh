@@ -14,6 +14,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null || need+=(openssh-client)
   command -v pipx >/dev/null || need+=(pipx)
+  # The jump-host tests run the edge host's sshd in its own network namespace.
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v unshare >/dev/null || need+=(util-linux)
   # The deployment tests (tests/deploy): a throwaway Postgres cluster and Redis.
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need+=(postgresql)
   command -v redis-server >/dev/null || need+=(redis-server)
