@@ -79,6 +79,14 @@ class Notify:
 
 def spawn(db_path: str, job_id: str) -> Notify:
     """Start a detached supervisor for ``job_id``; returns its progress pipe."""
+    # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables:
+    # a json.py planted in the caller's directory is never imported.
+    argv = [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(package_root):
+        # Run from the runtime archive of a provisioned host (see __main__.py): -m would not find the
+        # package, so the archive itself is the program, and it stays the one this job started from.
+        argv = [sys.executable, "-I", package_root, "supervisor", db_path, job_id]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # intermediate child: detach, fork again, exit
@@ -91,15 +99,9 @@ def spawn(db_path: str, job_id: str) -> Notify:
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
-                # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables:
-                # a json.py planted in the caller's directory is never imported.
                 # The marker lets the supervisor of an outer job (if this start ran inside
                 # one) leave this job's tree to us: see proctree.Snapshot.
-                os.execve(
-                    sys.executable,
-                    [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
-                    {**os.environ, proctree.SUPERVISOR_MARKER: job_id},
-                )
+                os.execve(sys.executable, [*argv, str(w)], {**os.environ, proctree.SUPERVISOR_MARKER: job_id})
         finally:
             os._exit(0)
     os.close(w)

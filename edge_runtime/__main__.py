@@ -1,0 +1,63 @@
+"""``python -m edge_runtime <cli> [arguments]``: the three CLIs behind one entry point.
+
+This is how a host without a ``pipx install`` runs the runtime: the hook uploads
+one zip archive of this package (built by
+``airflow_provider_orchesjob/hooks/provision.py``) and calls ``python3 -I
+orchesjob.pyz orchesjob status ...``; the archive's own ``__main__`` calls
+:func:`main`. ``supervisor`` is the detached job supervisor, which
+``supervisor.spawn`` starts this way when the package is such an archive.
+
+Written in syntax every Python from 3.6 parses, so an interpreter too old for the
+runtime gets a clear JSON error (exit :data:`UNSUPPORTED_PYTHON_EXIT`) instead
+of a SyntaxError from deeper down.
+"""
+
+import sys
+
+MIN_PYTHON = (3, 10)
+UNSUPPORTED_PYTHON_EXIT = 98
+
+# Imported by name so that one call loads only its own CLI.
+ENTRIES = {
+    "orchesjob": "edge_runtime.cli.orchesjob",
+    "orchesjob-reserver": "edge_runtime.cli.reserver",
+    "orchesjob-flow": "edge_runtime.cli.flow",
+}
+SUPERVISOR = "supervisor"
+
+
+def _fail(message, error_type, code):
+    import json
+
+    sys.stderr.write(json.dumps({"error": message, "error_type": error_type}) + "\n")
+    sys.exit(code)
+
+
+def main():
+    if sys.version_info < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        have = ".".join(map(str, sys.version_info[:3]))
+        _fail(
+            f"the orchesjob edge runtime needs Python >= {need}; {sys.executable} is {have}",
+            "unsupported_python",
+            UNSUPPORTED_PYTHON_EXIT,
+        )
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    if name != SUPERVISOR and name not in ENTRIES:
+        _fail(
+            f"usage: python3 orchesjob.pyz {{{','.join(sorted(ENTRIES))}}} [arguments]; got {name!r}",
+            "invalid_arguments",
+            2,
+        )
+    # The CLI sees the argv its console script would: its own name, then its arguments.
+    sys.argv = [name] + sys.argv[2:]
+    if name == SUPERVISOR:
+        from edge_runtime.supervisor import main as supervise
+
+        supervise()
+        return
+    __import__(ENTRIES[name], fromlist=["entry"]).entry()
+
+
+if __name__ == "__main__":
+    main()
