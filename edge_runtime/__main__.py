@@ -24,6 +24,11 @@ ENTRIES = {
     "orchesjob-flow": "edge_runtime.cli.flow",
 }
 SUPERVISOR = "supervisor"
+USAGE = f"""usage: python3 -I orchesjob.pyz {{{",".join(ENTRIES)}}} [arguments]
+
+The edge runtime of airflow-provider-orchesjob as one archive: the first argument
+names the CLI, the rest is that CLI's (e.g. `orchesjob --help`). The hook uploads
+this archive to agentless hosts and runs every call this way."""
 
 
 def _fail(message, error_type, code):
@@ -43,12 +48,11 @@ def main():
             UNSUPPORTED_PYTHON_EXIT,
         )
     name = sys.argv[1] if len(sys.argv) > 1 else ""
+    if name in ("-h", "--help"):
+        print(USAGE)
+        return
     if name != SUPERVISOR and name not in ENTRIES:
-        _fail(
-            f"usage: python3 orchesjob.pyz {{{','.join(sorted(ENTRIES))}}} [arguments]; got {name!r}",
-            "invalid_arguments",
-            2,
-        )
+        _fail(f"{USAGE.splitlines()[0]}; got {name!r}", "invalid_arguments", 2)
     # The CLI sees the argv its console script would: its own name, then its arguments.
     sys.argv = [name] + sys.argv[2:]
     if name == SUPERVISOR:

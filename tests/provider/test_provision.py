@@ -88,6 +88,7 @@ def test_archive_runs_each_cli_and_its_own_pure_python_yaml(tmp_path):
     flow = tmp_path / "f.yaml"
     flow.write_text('flow_id: f\nsteps:\n  - id: a\n    command: ["true"]\n')
     assert json.loads(run("orchesjob-flow", "start", "--run-key", "f", str(flow)).stdout)["status"] == "SUCCEEDED"
+    assert "orchesjob-reserver" in run("--help").stdout.decode()
     bad = run("nonsense")
     assert bad.returncode == 2 and json.loads(bad.stderr)["error_type"] == "invalid_arguments"
     # PyYAML comes from the archive, without its C extension.
