@@ -765,7 +765,7 @@ class OrchesJobHook(BaseHook):
         argv = commands.job_logs(run_key, job_id, stream=stream)
         transport = self.get_conn()
         self._ensure_compatible(transport)
-        result = transport.run(argv, timeout=300)
+        result = self._run_provisioned(transport, argv, None, 300)
         if result.exit_code != 0:
             check_result(argv, result, transport.host_id)
         return result.stdout
