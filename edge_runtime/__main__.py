@@ -5,7 +5,8 @@ one zip archive of this package (built by
 ``airflow_provider_orchesjob/hooks/provision.py``) and calls ``python3 -I
 orchesjob.pyz orchesjob status ...``; the archive's own ``__main__`` calls
 :func:`main`. ``supervisor`` is the detached job supervisor, which
-``supervisor.spawn`` starts this way when the package is such an archive.
+``supervisor.spawn`` starts this way when the package is such an archive, and
+``bytecode`` the step that adds the host's bytecode to it (see bytecode.py).
 
 Written in syntax every Python from 3.6 parses, so an interpreter too old for the
 runtime gets a clear JSON error (exit :data:`UNSUPPORTED_PYTHON_EXIT`) instead
@@ -17,13 +18,17 @@ import sys
 MIN_PYTHON = (3, 10)
 UNSUPPORTED_PYTHON_EXIT = 98
 
-# Imported by name so that one call loads only its own CLI.
+# Imported by name so that one call loads only its own CLI: name -> (module, function).
 ENTRIES = {
-    "orchesjob": "edge_runtime.cli.orchesjob",
-    "orchesjob-reserver": "edge_runtime.cli.reserver",
-    "orchesjob-flow": "edge_runtime.cli.flow",
+    "orchesjob": ("edge_runtime.cli.orchesjob", "entry"),
+    "orchesjob-reserver": ("edge_runtime.cli.reserver", "entry"),
+    "orchesjob-flow": ("edge_runtime.cli.flow", "entry"),
 }
-SUPERVISOR = "supervisor"
+# Not CLIs: the detached job supervisor (supervisor.spawn) and the install script's bytecode step.
+INTERNAL = {
+    "supervisor": ("edge_runtime.supervisor", "main"),
+    "bytecode": ("edge_runtime.bytecode", "main"),
+}
 USAGE = f"""usage: python3 -I orchesjob.pyz {{{",".join(ENTRIES)}}} [arguments]
 
 The edge runtime of airflow-provider-orchesjob as one archive: the first argument
@@ -51,16 +56,13 @@ def main():
     if name in ("-h", "--help"):
         print(USAGE)
         return
-    if name != SUPERVISOR and name not in ENTRIES:
+    target = ENTRIES.get(name) or INTERNAL.get(name)
+    if target is None:
         _fail(f"{USAGE.splitlines()[0]}; got {name!r}", "invalid_arguments", 2)
     # The CLI sees the argv its console script would: its own name, then its arguments.
     sys.argv = [name] + sys.argv[2:]
-    if name == SUPERVISOR:
-        from edge_runtime.supervisor import main as supervise
-
-        supervise()
-        return
-    __import__(ENTRIES[name], fromlist=["entry"]).entry()
+    module, function = target
+    getattr(__import__(module, fromlist=[function]), function)()
 
 
 if __name__ == "__main__":

@@ -377,14 +377,18 @@ def install_runtime_script(directory: str, sha256: str, *, python: str = "python
 
     It writes a temporary file beside the final name (umask 077: directories 0700),
     lets ``python`` check its sha256 (exit :data:`RUNTIME_HASH_MISMATCH_EXIT` and the
-    file removed when it differs; 127 when there is no such interpreter), then makes
-    it read-only and renames it into place. A rename is atomic, so concurrent
-    installs of the same archive leave one complete file, and a call never sees a
-    partial one. It always reads its whole stdin first.
+    file removed when it differs; 127 when there is no such interpreter), has the
+    verified archive add the host's bytecode to itself (``edge_runtime/bytecode.py``;
+    without it calls still work, only slower, and a warning is printed), makes it
+    read-only and links it into place. A link is atomic and never replaces an
+    existing file, so concurrent installs of the same archive leave the first
+    complete file untouched (a running process keeps reading the one it opened) and
+    a call never sees a partial one. It always reads its whole stdin first.
     """
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"invalid sha256: {sha256!r}")
     target = _runtime_dir(directory)
+    python_word = shlex.quote(_check_text(python, "python"))
     verify = (
         "import hashlib,sys;"
         "sys.exit(0 if hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()==sys.argv[2] "
@@ -396,15 +400,19 @@ def install_runtime_script(directory: str, sha256: str, *, python: str = "python
             f"d={target}",
             'tmp="$d/.' + ARCHIVE + '.$$.tmp"',
             # Whatever happens below, the temporary file does not outlive the script.
-            "trap 'rm -f \"$tmp\"' EXIT",
+            'trap \'rm -f "$tmp" "$tmp.b"\' EXIT',
             "trap 'exit 1' HUP INT TERM",
             # A failure before the upload is read still reads it, so the sender is not cut off mid-write.
             'mkdir -p "$d" || { cat >/dev/null; exit 1; }',
             f'chmod 700 "$HOME"/{RUNTIME_CACHE.rsplit("/", 1)[0]} "$HOME"/{RUNTIME_CACHE} "$d" '
             "|| { cat >/dev/null; exit 1; }",
             'cat > "$tmp" || exit 1',
-            f'{shlex.quote(_check_text(python, "python"))} -I -c {shlex.quote(verify)} "$tmp" {sha256} || exit',
-            f'chmod 400 "$tmp" && mv -f "$tmp" "$d"/{ARCHIVE}',
+            f'{python_word} -I -c {shlex.quote(verify)} "$tmp" {sha256} || exit',
+            f'if {python_word} -I "$tmp" bytecode "$tmp" "$tmp.b" "$d"/{ARCHIVE}; then mv -f "$tmp.b" "$tmp"; '
+            "else echo 'orchesjob: no bytecode added: every call compiles the runtime' >&2; fi",
+            'chmod 400 "$tmp" || exit 1',
+            # ln fails on an existing archive (kept); mv only where the file system has no hard links.
+            f'ln "$tmp" "$d"/{ARCHIVE} 2>/dev/null || [ -f "$d"/{ARCHIVE} ] || mv "$tmp" "$d"/{ARCHIVE}',
             "",
         ]
     )

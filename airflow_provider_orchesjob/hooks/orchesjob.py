@@ -493,6 +493,8 @@ class OrchesJobHook(BaseHook):
 
     def _installed(self, result: CommandResult, archive: RuntimeArchive, host_id: str) -> dict:
         check_installed(result.exit_code, result.stderr, archive, host_id)
+        if result.stderr.strip():  # installed, with a warning (e.g. without the host's bytecode)
+            self.log.warning("provisioning %s: %s", host_id, result.stderr.decode("utf-8", "replace").strip())
         self.log.info("runtime %s provisioned on %s (sha256 %s)", archive.version, host_id, archive.sha256)
         return {"host": host_id, "version": archive.version, "sha256": archive.sha256,
                 "path": commands.runtime_path_display(archive.directory)}  # fmt: skip

@@ -11,10 +11,12 @@ names it. On the host it lives at
 (:func:`.commands.provisioned_command_line`). A call that finds it missing exits
 with :data:`.commands.RUNTIME_MISSING_EXIT` before anything runs; the hook then
 uploads it (:func:`.commands.install_runtime_script`: written to a temporary name
-in the same directory, its sha256 checked on the host, renamed into place
-atomically, so concurrent first contacts end with one good file) and resends the
-call. Another provider version is another directory: the jobs that an older
-archive's supervisors run are never disturbed by an upgrade.
+in the same directory, its sha256 checked on the host, the host interpreter's
+bytecode added by the verified archive itself — ``edge_runtime/bytecode.py`` —
+then linked into place atomically and never replaced, so concurrent first
+contacts end with one good file) and resends the call. Another provider version
+is another directory: the jobs that an older archive's supervisors run are never
+disturbed by an upgrade.
 """
 
 from __future__ import annotations

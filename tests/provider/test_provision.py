@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -40,6 +41,20 @@ def sh(line: str, home: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
 
 def installed(home: str, archive: provision.RuntimeArchive) -> str:
     return os.path.join(home, commands.RUNTIME_CACHE, archive.directory, commands.ARCHIVE)
+
+
+def assert_same_archive_with_bytecode(path: str, archive: provision.RuntimeArchive, magic: bytes) -> None:
+    """``path`` holds exactly the entries of ``archive`` (the verified upload), plus a pyc for the
+    interpreter with ``magic`` beside each module."""
+    sent = zipfile.ZipFile(io.BytesIO(archive.data))
+    with zipfile.ZipFile(path) as got:
+        names = set(got.namelist())
+        modules = {n[:-3] + ".pyc" for n in sent.namelist() if n.endswith(".py") and n != "__main__.py"}
+        assert names == set(sent.namelist()) | modules
+        for name in sent.namelist():
+            assert got.read(name) == sent.read(name), name
+        for name in modules:
+            assert got.read(name)[:4] == magic, name
 
 
 def test_build_is_deterministic_and_named_by_its_hash():
@@ -133,11 +148,10 @@ def test_install_then_run_through_a_real_shell(tmp_path, word):
     archive = build()
     script = commands.install_runtime_script(archive.directory, archive.sha256, python=PYTHON)
     p = sh(script, str(tmp_path), stdin=archive.data)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
     provision.check_installed(p.returncode, p.stderr, archive, "h")
     path = installed(str(tmp_path), archive)
-    with open(path, "rb") as f:
-        assert f.read() == archive.data
+    assert_same_archive_with_bytecode(path, archive, importlib.util.MAGIC_NUMBER)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o400
     for directory in (
         os.path.dirname(path),
@@ -161,6 +175,35 @@ def test_install_then_run_through_a_real_shell(tmp_path, word):
     assert job["run_key"] == run_key and job["status"] == "SUCCEEDED"
     with open(job["stdout_file"], encoding="utf-8") as f:
         assert f.read() == word
+
+
+def test_install_never_replaces_an_installed_archive(tmp_path):
+    """A second install of the same archive (a concurrent first contact) leaves the file in place untouched:
+    a running process reads modules from it by offset."""
+    archive = build()
+    script = commands.install_runtime_script(archive.directory, archive.sha256, python=PYTHON)
+    assert sh(script, str(tmp_path), stdin=archive.data).returncode == 0
+    path = installed(str(tmp_path), archive)
+    before = os.stat(path)
+    p = sh(script, str(tmp_path), stdin=archive.data)
+    assert p.returncode == 0, p.stderr
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert os.listdir(os.path.dirname(path)) == [commands.ARCHIVE]
+
+
+def test_bytecode_step_failing_installs_the_sources_alone(tmp_path):
+    """An interpreter that cannot add bytecode (here: one the runtime deems too old) still gets the verified
+    archive, with a warning; its calls then report the interpreter clearly."""
+    archive = build()
+    fake = tmp_path / "python-too-old"
+    fake.write_text(f'#!/bin/sh\ncase "$3" in bytecode) echo old >&2; exit 98;; esac\nexec {PYTHON} "$@"\n')
+    fake.chmod(0o755)
+    script = commands.install_runtime_script(archive.directory, archive.sha256, python=str(fake))
+    p = sh(script, str(tmp_path), stdin=archive.data)
+    assert p.returncode == 0 and b"no bytecode added" in p.stderr
+    with open(installed(str(tmp_path), archive), "rb") as f:
+        assert f.read() == archive.data
 
 
 def test_tampered_upload_is_refused_and_removed(tmp_path):

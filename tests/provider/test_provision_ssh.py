@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import os
 import shutil
 import stat
@@ -18,6 +17,7 @@ from airflow_provider_orchesjob.exceptions import OrchesJobNotFound, OrchesJobPr
 from airflow_provider_orchesjob.hooks import OrchesJobHook, commands, provision
 
 from .conftest import set_connection
+from .test_provision import assert_same_archive_with_bytecode
 
 CONN_ID = "orchesjob_bare"
 
@@ -44,12 +44,13 @@ def archive_dir(server, archive: provision.RuntimeArchive) -> str:
 
 
 def assert_installed(server, archive: provision.RuntimeArchive) -> None:
-    """Exactly one file in the archive's directory: the archive, intact, private and read-only."""
+    """Exactly one file in the archive's directory: the archive, intact (plus the host python's bytecode),
+    private and read-only."""
     directory = archive_dir(server, archive)
     assert os.listdir(directory) == [commands.ARCHIVE]
     path = os.path.join(directory, commands.ARCHIVE)
-    with open(path, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == archive.sha256
+    magic = server.ssh("python3 -c 'import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())'").stdout
+    assert_same_archive_with_bytecode(path, archive, bytes.fromhex(magic.strip()))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o400
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert os.stat(path).st_uid == os.stat(server.home).st_uid
@@ -88,9 +89,9 @@ def test_first_contact_provisions_then_jobs_run_from_the_archive(bare_conn, bare
     sessions = server.sessions()
     job = hook.start_job("p1", ["sh", "-c", "echo from-the-archive; sleep 1"])
     assert job["accepted"]
-    assert_installed(server, archive)
     # info (archive missing), the upload, info again, then the start: no round trip beyond those.
     assert server.sessions() - sessions == 4
+    assert_installed(server, archive)
     argv = supervisor_argv(job["job_id"])
     assert argv[1:4] == ["-I", os.path.join(archive_dir(server, archive), commands.ARCHIVE), "supervisor"]
 
