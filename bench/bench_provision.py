@@ -2,14 +2,15 @@
 
 An agentless host (connection extra ``provision_runtime``) runs every call as
 ``python3 -I orchesjob.pyz orchesjob ...``: the modules load from a zip, and
-zipimport never caches bytecode, so each call compiles what it imports. This
-times, interleaved round by round on this machine (no SSH: the host's share of
-a call):
+zipimport never caches bytecode, which is why the install script adds the host
+interpreter's. This times, interleaved round by round on this machine (no SSH:
+the host's share of a call):
 
 * ``status --run-key K`` of a finished job, of a running one, and
   ``start --sync`` — from a venv holding a wheel of this checkout (what ``pipx
-  install`` makes; the reference) and from the archive the hook would upload,
-  run by the same interpreter;
+  install`` makes; the reference), from the archive as the install script
+  leaves it, and from the uploaded archive alone (sources only), all run by the
+  same interpreter;
 * building the archive on the worker (once per process) and installing it with
   the same install script the hook sends, through a local ``/bin/sh``.
 
@@ -61,8 +62,12 @@ def main() -> None:
                    check=True)  # fmt: skip
     install_ms = (time.perf_counter() - t0) * 1000
     pyz = os.path.join(host_home, commands.RUNTIME_CACHE, archive.directory, commands.ARCHIVE)
+    sources_only = os.path.join(work, "sources-only.pyz")
+    with open(sources_only, "wb") as f:
+        f.write(archive.data)
 
-    tools = {"pipx": [pipx_bin], "archive": [python, "-I", pyz, "orchesjob"]}
+    tools = {"pipx": [pipx_bin], "archive": [python, "-I", pyz, "orchesjob"],
+             "sources only": [python, "-I", sources_only, "orchesjob"]}  # fmt: skip
     envs = {name: dict(os.environ, ORCHESJOB_HOME=os.path.join(work, "home-" + name)) for name in tools}
     for name, argv in tools.items():
         subprocess.run([*argv, "start", "--run-key", "k", "--sync", "--", "true"], env=envs[name], check=True,
@@ -86,19 +91,25 @@ def main() -> None:
             subprocess.run([*argv, "abort", "--run-key", "r", "--grace-seconds", "1"], env=envs[name],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
-    rows = [{"call": call, "archive_ms": round(med[f"archive: {call}"], 1), "pipx_ms": round(med[f"pipx: {call}"], 1),
-             "ratio": round(med[f"archive: {call}"] / med[f"pipx: {call}"], 2)} for call in CALLS]  # fmt: skip
+    rows = []
+    for call in CALLS:
+        pipx = med[f"pipx: {call}"]
+        rows.append({"call": call, "pipx_ms": round(pipx, 1), "archive_ms": round(med[f"archive: {call}"], 1),
+                     "ratio": round(med[f"archive: {call}"] / pipx, 2),
+                     "sources_only_ms": round(med[f"sources only: {call}"], 1),
+                     "sources_only_ratio": round(med[f"sources only: {call}"] / pipx, 2)})  # fmt: skip
     out = {"rounds": args.rounds, "archive_bytes": len(archive.data), "build_ms": round(build_ms, 1),
            "install_ms": round(install_ms, 1), "rows": rows}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"archive {out['archive_bytes']} bytes; built in {out['build_ms']} ms, installed (sh + sha256 check) "
-          f"in {out['install_ms']} ms")  # fmt: skip
-    print(f"medians over {args.rounds} interleaved rounds")
-    print(f"{'call':<24}{'archive ms':>12}{'pipx ms':>10}{'ratio':>8}")
+    print(f"archive {out['archive_bytes']} bytes; built in {out['build_ms']} ms, installed (sh, sha256 check, "
+          f"bytecode) in {out['install_ms']} ms")  # fmt: skip
+    print(f"medians over {args.rounds} interleaved rounds; ratios vs pipx")
+    print(f"{'call':<24}{'pipx ms':>10}{'archive ms':>12}{'ratio':>7}{'sources only ms':>17}{'ratio':>7}")
     for r in rows:
-        print(f"{r['call']:<24}{r['archive_ms']:>12}{r['pipx_ms']:>10}{r['ratio']:>8}")
+        print(f"{r['call']:<24}{r['pipx_ms']:>10}{r['archive_ms']:>12}{r['ratio']:>7}"
+              f"{r['sources_only_ms']:>17}{r['sources_only_ratio']:>7}")  # fmt: skip
 
 
 if __name__ == "__main__":
