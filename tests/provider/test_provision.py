@@ -241,3 +241,16 @@ def test_connection_extras_switch_the_command_line():
     )
     assert "PATH=" not in line
     assert not EdgeSettings().provision and "exec orchesjob info" in EdgeSettings().command_line(["orchesjob", "info"])
+
+
+def test_a_connection_lost_during_the_upload_leaves_the_call_resendable():
+    from airflow_provider_orchesjob.exceptions import OrchesJobConnectionError, OrchesJobHostKeyError
+    from airflow_provider_orchesjob.hooks.orchesjob import _upload_failures
+
+    with pytest.raises(OrchesJobConnectionError) as caught:
+        with _upload_failures():
+            raise OrchesJobConnectionError("session lost", sent=True)
+    assert caught.value.sent is False and caught.value.retryable
+    with pytest.raises(OrchesJobHostKeyError):  # never made retryable
+        with _upload_failures():
+            raise OrchesJobHostKeyError("changed host key")
