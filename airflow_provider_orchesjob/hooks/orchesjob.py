@@ -363,10 +363,7 @@ class OrchesJobHook(BaseHook):
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
-                result = await transport.arun(argv, stdin=stdin, timeout=timeout)
-                if archive_missing(result.exit_code, result.stderr):
-                    await self.aprovision_runtime()
-                    result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+                result = await self._arun_provisioned(transport, argv, stdin, timeout)
                 return self._checked_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
                 await asyncio.sleep(self._retry_delay(exc, argv, resend_safe, delays))
@@ -457,6 +454,16 @@ class OrchesJobHook(BaseHook):
         if archive_missing(result.exit_code, result.stderr):
             self._provision(transport)
             result = transport.run(argv, stdin=stdin, timeout=timeout)
+        return result
+
+    async def _arun_provisioned(
+        self, transport: Any, argv: Sequence[str], stdin: bytes | None, timeout: float | None
+    ) -> CommandResult:
+        """Async twin of :meth:`_run_provisioned`."""
+        result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+        if archive_missing(result.exit_code, result.stderr):
+            await self.aprovision_runtime()
+            result = await transport.arun(argv, stdin=stdin, timeout=timeout)
         return result
 
     def provision_runtime(self) -> dict:
