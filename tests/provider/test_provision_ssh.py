@@ -13,7 +13,11 @@ import uuid
 
 import pytest
 
-from airflow_provider_orchesjob.exceptions import OrchesJobNotFound, OrchesJobProvisionError
+from airflow_provider_orchesjob.exceptions import (
+    OrchesJobNotFound,
+    OrchesJobProvisionError,
+    OrchesJobRuntimeIncompatible,
+)
 from airflow_provider_orchesjob.hooks import OrchesJobHook, commands, provision
 
 from .conftest import set_connection
@@ -199,3 +203,13 @@ def test_triggerer_provisions_from_async_polls(bare_conn, bare_ssh_server):
     assert_installed(server, status_archive)
     assert_installed(server, poll_archive)
     assert wait_terminal(old_hook, "deferred")["status"] == "SUCCEEDED"
+
+
+def test_a_missing_interpreter_is_named(bare_ssh_server):
+    server = bare_ssh_server
+    shutil.rmtree(os.path.join(server.home, ".cache", "orchesjob"), ignore_errors=True)
+    conn_id = set_connection("orchesjob_bare_nopy", server, provision_runtime=True,
+                             provision_python="/nonexistent/python3")  # fmt: skip
+    with pytest.raises(OrchesJobRuntimeIncompatible, match="provision_python"):
+        OrchesJobHook(conn_id).runtime_info()
+    assert os.listdir(archive_dir(server, provision.build_archive())) == []  # nothing half-installed
