@@ -90,3 +90,14 @@ class OrchesJobAuthenticationError(OrchesJobConnectionError):
     """The host refused our credentials: retrying cannot help."""
 
     retryable = False
+
+
+class OrchesJobRuntimeNotProvisioned(OrchesJobError):
+    """A provisioned host (connection extra ``provision_runtime``) lacks this provider's runtime archive.
+
+    Nothing ran: the hook uploads the archive and resends the call.
+    """
+
+
+class OrchesJobProvisionError(OrchesJobError):
+    """Uploading the runtime archive to a host failed, or what arrived there is not what was sent."""

@@ -9,7 +9,11 @@ would, and times in the same run, interleaved round by round:
 * ``status --run-key K`` on a small database, of a finished job and of a running one,
 * ``start --run-key K_i -- true`` (async: returns once the command is released),
 * ``start --sync --run-key K_i -- true`` (returns once the outcome is recorded),
-* a bare ``python -c pass`` of the same interpreter (the floor).
+* a bare ``python -c pass`` of the same interpreter (the floor), and the same
+  interpreter importing only the standard-library modules the CLI cannot do
+  without (``json``, which imports ``re`` and with it ``enum``; ``sqlite3``, which
+  imports ``datetime``; ``argparse``), one by one and together: where the
+  milliseconds between a bare interpreter and ``status`` go.
 
 Figures are medians over ``--rounds``; ratios are against the baseline measured
 in the same run, since these machines (2 cores) are noisy.
@@ -90,12 +94,17 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     print(f"medians over {args.rounds} interleaved rounds; bare python -c pass: {out['python_ms']} ms")
-    print(f"{'call':<24}{'current ms':>12}{'baseline ms':>13}{'ratio':>8}")
+    print(f"{'call':<24}{'current ms':>12}{'baseline ms':>13}{'ratio':>8}{'/ bare':>8}")
     for r in out["rows"]:
-        print(f"{r['call']:<24}{r['current_ms']:>12}{r['baseline_ms']:>13}{r['ratio']:>8}")
+        print(f"{r['call']:<24}{r['current_ms']:>12}{r['baseline_ms']:>13}{r['ratio']:>8}{r['vs_bare']:>8}")
+    print(f"\n{'the same interpreter, only importing':<44}{'ms':>8}{'/ bare':>8}")
+    for r in out["floor"]:
+        print(f"{r['imports']:<44}{r['ms']:>8}{r['vs_bare']:>8}")
 
 
 CALLS = ("status", "status (running job)", "start", "start --sync")
+# What `status` imports from the standard library that no JSON-and-SQLite CLI avoids.
+FLOOR = ("re", "json", "sqlite3", "argparse", "json, sqlite3, argparse")
 
 
 def measure(args: argparse.Namespace, tools: dict[str, str], envs: dict[str, dict]) -> dict:
@@ -103,6 +112,8 @@ def measure(args: argparse.Namespace, tools: dict[str, str], envs: dict[str, dic
     samples: dict[str, list[float]] = {}
     for i in range(args.rounds):
         samples.setdefault("python -c pass", []).append(timed([python, "-c", "pass"], dict(os.environ)))
+        for modules in FLOOR:
+            samples.setdefault(f"import {modules}", []).append(timed([python, "-c", f"import {modules}"], os.environ))
         for name, bin_ in tools.items():
             env = envs[name]
             samples.setdefault(f"{name}: status", []).append(timed([bin_, "status", "--run-key", "k"], env))
@@ -116,13 +127,16 @@ def measure(args: argparse.Namespace, tools: dict[str, str], envs: dict[str, dic
                 timed([bin_, "start", "--run-key", f"s{i}", "--sync", "--", "true"], env)
             )
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    bare = med["python -c pass"]
     rows = []
     for call in CALLS:
         cur, base = med[f"current: {call}"], med[f"baseline: {call}"]
         rows.append({"call": call, "current_ms": round(cur, 1), "baseline_ms": round(base, 1),
-                     "ratio": round(cur / base, 2)})  # fmt: skip
-    return {"rounds": args.rounds, "baseline": args.baseline, "python_ms": round(med["python -c pass"], 1),
-            "rows": rows}  # fmt: skip
+                     "ratio": round(cur / base, 2), "vs_bare": round(cur / bare, 2)})  # fmt: skip
+    floor = [{"imports": m, "ms": round(med[f"import {m}"], 1), "vs_bare": round(med[f"import {m}"] / bare, 2)}
+             for m in FLOOR]  # fmt: skip
+    return {"rounds": args.rounds, "baseline": args.baseline, "python_ms": round(bare, 1), "rows": rows,
+            "floor": floor}  # fmt: skip
 
 
 if __name__ == "__main__":

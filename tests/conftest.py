@@ -70,6 +70,20 @@ def ssh_server():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def bare_ssh_server():
+    """A real sshd on loopback for a user with no edge runtime installed (agentless hosts)."""
+    from tests.sshd_harness import BARE_USER, SSHServer, missing_parts
+
+    missing = missing_parts(pipx=False)
+    require(not missing, ", ".join(missing))
+    workdir = tempfile.mkdtemp(prefix="orchesjob-sshd-bare-")
+    server = SSHServer.create(workdir, install_runtime=False, user=BARE_USER, bare=True)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 PUBLIC_VENV = os.environ.get(
     "ORCHESJOB_PUBLIC_VENV", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-public")
 )

@@ -5,7 +5,10 @@
   VERBOSE logging to a file (so tests can count connections and sessions),
 * a client key pair and a real known_hosts file,
 * the edge runtime pipx-installed for that user from a wheel of this checkout
-  (so it lands in ~/.local/bin, which non-interactive SSH does not put on PATH).
+  (so it lands in ~/.local/bin, which non-interactive SSH does not put on PATH),
+  or, with ``install_runtime=False``, a user with no runtime at all (its own name,
+  :data:`BARE_USER`, so that it never shares a home with a pipx-installed one),
+  as the hook's provisioning of agentless hosts expects.
 """
 
 from __future__ import annotations
@@ -25,20 +28,21 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_USER = os.environ.get("ORCHESJOB_TEST_SSH_USER", "orchesjob-it")
+BARE_USER = TEST_USER + "-bare"  # never has a pipx install: the agentless-host tests
 
 
 def find_sshd() -> str | None:
     return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/bin/sshd") if os.path.exists(p)), None)
 
 
-def missing_parts() -> list[str]:
-    """What this machine lacks to run the harness (empty list = ready)."""
+def missing_parts(*, pipx: bool = True) -> list[str]:
+    """What this machine lacks to run the harness (empty list = ready); ``pipx``: to install the runtime."""
     missing = []
     if find_sshd() is None:
         missing.append("openssh-server (sshd)")
     if shutil.which("ssh-keygen") is None:
         missing.append("ssh-keygen")
-    if shutil.which("pipx") is None:
+    if pipx and shutil.which("pipx") is None:
         missing.append("pipx")
     if os.geteuid() != 0:
         missing.append("root (to create the test user)")
@@ -105,6 +109,7 @@ STATE_DIRS = (
     ".orchesjob-demo",
     ".local/share/orchesjob",
     ".local/share/orchesjob-flow",
+    ".cache/orchesjob",  # runtime archives the hook provisioned
 )
 
 
@@ -129,6 +134,18 @@ def pipx_install(user: pwd.struct_passwd, wheel: str) -> None:
     )  # fmt: skip
     as_user(user, ["pipx", "install", wheel], timeout=600)
     verify_runtime(user)
+
+
+def uninstall_runtime(user: pwd.struct_passwd) -> None:
+    """Leave ``user`` without any edge runtime (a machine reused between runs may hold an old install)."""
+    if shutil.which("pipx"):
+        subprocess.run(
+            [_sbin("runuser"), "-u", user.pw_name, "--", "pipx", "uninstall", DIST],
+            env=_user_env(user), cwd="/", capture_output=True, timeout=120,
+        )  # fmt: skip
+    for tool in ("orchesjob", "orchesjob-reserver", "orchesjob-flow"):
+        if os.path.lexists(path := os.path.join(user.pw_dir, ".local", "bin", tool)):
+            raise RuntimeError(f"{path} is still there after pipx uninstall: {user.pw_name} is not a bare user")
 
 
 def verify_runtime(user: pwd.struct_passwd) -> None:
@@ -171,17 +188,22 @@ class SSHServer:
         user: str = TEST_USER,
         host: str = "127.0.0.1",
         launcher: list[str] | None = None,
+        bare: bool = False,
     ) -> SSHServer:
         """Keys, known_hosts and a started sshd for ``user`` on ``host``.
 
         ``install_runtime``: reset the user's state and install this checkout's runtime for it
         (False: the user needs none, or another server of the same user installed it).
+        ``bare``: a user with no runtime at all (e.g. :data:`BARE_USER`): its state is reset and
+        any install of the runtime removed.
         """
         os.makedirs(workdir, exist_ok=True)
         os.chmod(workdir, 0o755)
         account = ensure_user(user)
-        if install_runtime:
+        if install_runtime or bare:
             reset_user_state(account)
+        if bare:
+            uninstall_runtime(account)
         for name in ("host_ed25519", "client_ed25519"):
             path = os.path.join(workdir, name)
             if not os.path.exists(path):

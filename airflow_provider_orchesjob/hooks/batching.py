@@ -26,6 +26,7 @@ from typing import Any
 
 from ..exceptions import OrchesJobCommandError, OrchesJobConnectionError
 from . import commands
+from .provision import archive_missing
 
 WINDOW = 0.05  # seconds a poll waits for others to join its batch
 MAX_BATCH = 200  # entries per command
@@ -214,8 +215,12 @@ class CommandBatcher:
         marker = "OJB" + uuid.uuid4().hex
         try:
             lines = [self.hook.command_line(argv) for (argv, _), _ in group]
-            result = await self.hook.arun_script(commands.batch_script(lines, marker))
-            parts = commands.split_batch_output(result.stdout, result.stderr, marker, len(group))
+            parts = await self._run(commands.batch_script(lines, marker), marker, len(group))
+            if any(part is not None and archive_missing(part[0], part[2]) for part in parts):
+                # A provisioned host without the runtime archive ran none of these reads: one upload
+                # serves every caller of the group, then the group is sent again.
+                await self.hook.aprovision_runtime()
+                parts = await self._run(commands.batch_script(lines, marker), marker, len(group))
         except BaseException as exc:
             for _, futures in group:
                 for future in futures:
@@ -243,6 +248,10 @@ class CommandBatcher:
                 else:
                     self.calls_served += 1
                     future.set_result(copy.deepcopy(value) if len(futures) > 1 else value)
+
+    async def _run(self, script: str, marker: str, count: int) -> list[tuple[int, bytes, bytes] | None]:
+        result = await self.hook.arun_script(script)
+        return commands.split_batch_output(result.stdout, result.stderr, marker, count)
 
 
 _COMMAND_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, CommandBatcher]] = (

@@ -320,11 +320,7 @@ def remote_command_line(
     an absolute path, otherwise ``extra_path`` (unquoted on purpose, so
     ``$HOME`` expands on the host) is prepended to PATH.
     """
-    parts = []
-    for key, value in (env or {}).items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ValueError(f"invalid environment variable name: {key!r}")
-        parts.append(f"export {key}={shlex.quote(_check_text(value, key))};")
+    parts = _exports(env)
     program = argv[0]
     if bin_dir:
         program = bin_dir.rstrip("/") + "/" + program
@@ -333,6 +329,99 @@ def remote_command_line(
     words = [shlex.quote(_check_text(program, "program"))]
     words += [shlex.quote(_check_text(str(a), "argument")) for a in argv[1:]]
     return " ".join(parts + ["exec", *words])
+
+
+def _exports(env: Mapping[str, str] | None) -> list[str]:
+    parts = []
+    for key, value in (env or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"invalid environment variable name: {key!r}")
+        parts.append(f"export {key}={shlex.quote(_check_text(value, key))};")
+    return parts
+
+
+# ------------------------------------------- a provisioned runtime (agentless hosts)
+ARCHIVE = "orchesjob.pyz"
+RUNTIME_CACHE = ".cache/orchesjob/runtime"  # under the host user's $HOME
+# Exit statuses no edge CLI uses (theirs are 0-6), so they cannot be mistaken for a CLI's.
+RUNTIME_MISSING_EXIT = 97  # the call found no archive and ran nothing
+RUNTIME_HASH_MISMATCH_EXIT = 96  # an upload's sha256 is not the one sent with it
+RUNTIME_MISSING_MESSAGE = "orchesjob: runtime archive not provisioned"
+_ARCHIVE_DIR = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _runtime_dir(directory: str) -> str:
+    """The archive directory as a shell word: ``$HOME`` expands on the host, the rest is plain."""
+    if not _ARCHIVE_DIR.fullmatch(directory):
+        raise ValueError(f"invalid runtime directory name: {directory!r}")
+    return f'"$HOME"/{RUNTIME_CACHE}/{directory}'
+
+
+def runtime_path_display(directory: str) -> str:
+    """Where the archive of ``directory`` lives on the host, for messages."""
+    return f"~/{RUNTIME_CACHE}/{directory}/{ARCHIVE}"
+
+
+def provisioned_command_line(
+    argv: Sequence[str], *, directory: str, python: str = "python3", env: Mapping[str, str] | None = None
+) -> str:
+    """Like :func:`remote_command_line`, but runs ``argv`` from the runtime archive in ``directory``:
+    ``python -I <archive> <cli> <arguments>``. Without the archive the line prints
+    :data:`RUNTIME_MISSING_MESSAGE` and exits :data:`RUNTIME_MISSING_EXIT` before anything runs, so the
+    caller can upload it and resend the call without another round trip in the common case.
+    """
+    archive = f"{_runtime_dir(directory)}/{ARCHIVE}"
+    missing = f"{{ echo {shlex.quote(RUNTIME_MISSING_MESSAGE)} >&2; exit {RUNTIME_MISSING_EXIT}; }}"
+    words = [shlex.quote(_check_text(python, "python")), "-I", archive]
+    words += [shlex.quote(_check_text(str(a), "argument")) for a in argv]
+    return " ".join([*_exports(env), f"[ -f {archive} ] || {missing};", "exec", *words])
+
+
+def install_runtime_script(directory: str, sha256: str, *, python: str = "python3") -> str:
+    """A shell script that installs the archive arriving on its stdin as ``directory``'s archive.
+
+    It writes a temporary file beside the final name (umask 077: directories 0700),
+    lets ``python`` check its sha256 (exit :data:`RUNTIME_HASH_MISMATCH_EXIT` and the
+    file removed when it differs; 127 when there is no such interpreter), has the
+    verified archive add the host's bytecode to itself (``edge_runtime/bytecode.py``;
+    without it calls still work, only slower, and a warning is printed), makes it
+    read-only and links it into place. A link is atomic and never replaces an
+    existing file, so concurrent installs of the same archive leave the first
+    complete file untouched (a running process keeps reading the one it opened) and
+    a call never sees a partial one. It always reads its whole stdin first.
+    """
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"invalid sha256: {sha256!r}")
+    target = _runtime_dir(directory)
+    python_word = shlex.quote(_check_text(python, "python"))
+    verify = (
+        "import hashlib,sys;"
+        "sys.exit(0 if hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest()==sys.argv[2] "
+        f"else {RUNTIME_HASH_MISMATCH_EXIT})"
+    )
+    return "\n".join(
+        [
+            "umask 077",
+            f"d={target}",
+            'tmp="$d/.' + ARCHIVE + '.$$.tmp"',
+            # Whatever happens below, the temporary file does not outlive the script.
+            'trap \'rm -f "$tmp" "$tmp.b"\' EXIT',
+            "trap 'exit 1' HUP INT TERM",
+            # A failure before the upload is read still reads it, so the sender is not cut off mid-write.
+            'mkdir -p "$d" || { cat >/dev/null; exit 1; }',
+            f'chmod 700 "$HOME"/{RUNTIME_CACHE.rsplit("/", 1)[0]} "$HOME"/{RUNTIME_CACHE} "$d" '
+            "|| { cat >/dev/null; exit 1; }",
+            'cat > "$tmp" || exit 1',
+            f'{python_word} -I -c {shlex.quote(verify)} "$tmp" {sha256} || exit',
+            f'if {python_word} -I "$tmp" bytecode "$tmp" "$tmp.b" "$d"/{ARCHIVE}; then mv -f "$tmp.b" "$tmp"; '
+            "else echo 'orchesjob: no bytecode added: every call compiles the runtime' >&2; fi",
+            'chmod 400 "$tmp" || exit 1',
+            # ln fails on an existing archive (kept); mv only where the file system has no hard links.
+            f'ln "$tmp" "$d"/{ARCHIVE} 2>/dev/null || [ -f "$d"/{ARCHIVE} ] || mv "$tmp" "$d"/{ARCHIVE}',
+            "",
+        ]
+    )
 
 
 # ------------------------------------------------------- several commands, one session

@@ -14,9 +14,10 @@ a run key under a reuse policy that returns the existing attempt — never e.g.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,12 +31,15 @@ from ..exceptions import (
     OrchesJobInvalidState,
     OrchesJobLockError,
     OrchesJobNotFound,
+    OrchesJobProvisionError,
     OrchesJobRuntimeIncompatible,
     OrchesJobRuntimeMissing,
+    OrchesJobRuntimeNotProvisioned,
 )
 from ..utils import connection_form
 from ..utils.lifecycle import TERMINAL_JOB
 from . import commands
+from .provision import RuntimeArchive, archive_missing, check_installed
 from .transport import (
     AsyncSSHTransport,
     CommandResult,
@@ -62,6 +66,7 @@ _ERROR_TYPES: dict[str, type[OrchesJobError]] = {
     "invalid_arguments": OrchesJobInvalidArguments,
     "lock_error": OrchesJobLockError,
     "incompatible_runtime": OrchesJobRuntimeIncompatible,
+    "unsupported_python": OrchesJobRuntimeIncompatible,  # a provisioned host's interpreter is too old
 }
 
 # What this provider needs from the host's runtime (see `orchesjob info`).
@@ -83,6 +88,19 @@ _STOPPED = {"abort": "ABORTED", "cancel": "CANCELLED"}
 _RUNTIME_SEEN: set[tuple] = set()
 STOP_WAIT_MARGIN = 10.0  # seconds a stop call waits beyond the grace period
 MAJOR = __version__.split(".")[0]  # a runtime of another major version is refused
+PROVISION_TIMEOUT = 300.0  # seconds for uploading and checking the runtime archive
+
+
+@contextlib.contextmanager
+def _upload_failures() -> Iterator[None]:
+    """A connection lost while uploading the archive: only the upload may have reached the host, never
+    the call it was made for, so resending that call is as safe as before, whatever kind of call it is."""
+    try:
+        yield
+    except OrchesJobConnectionError as exc:
+        if not exc.retryable:
+            raise
+        raise OrchesJobConnectionError(f"uploading the runtime archive failed: {exc}", sent=False) from exc
 
 
 def _decode_error(stderr: bytes) -> dict:
@@ -124,6 +142,10 @@ def check_result(argv: Sequence[str], result: CommandResult, host: str, ok_codes
     """Parsed JSON stdout of a successful call, or the matching named exception."""
     tool = argv[0]
     stderr = result.stderr.decode("utf-8", "replace").strip()
+    if archive_missing(result.exit_code, result.stderr):
+        raise OrchesJobRuntimeNotProvisioned(
+            f"the runtime archive is not on {host} yet: {stderr}", exit_code=result.exit_code, stderr=stderr
+        )
     if result.exit_code == 127 and (not result.stdout) and ("not found" in stderr or "No such file" in stderr):
         raise OrchesJobRuntimeMissing(
             f"{tool} is not installed on {host} (or not on the SSH session's PATH): {stderr}. Install the edge "
@@ -194,7 +216,11 @@ class OrchesJobHook(BaseHook):
         host), ``orchesjob_bin_dir`` (where the CLIs are; default: PATH plus
         ``~/.local/bin``), ``max_sessions`` (concurrent sessions per shared
         connection, default 8), ``jump_hosts`` (hosts to tunnel through,
-        outermost first: ``"user@jump1:22, jump2"`` or a list; see the README).
+        outermost first: ``"user@jump1:22, jump2"`` or a list; see the README),
+        ``provision_runtime`` (``true``: no ``pipx
+        install`` on the host; the hook uploads the runtime archive itself, see
+        :mod:`.provision`) with ``provision_python`` (its interpreter, default
+        ``python3``).
     :param transport: ``"ssh"`` (default when a connection is given) or
         ``"local"`` (run the CLIs on this machine; the zero-setup mode).
     :param remote_host: override the connection's host (fan-out over hosts).
@@ -291,8 +317,10 @@ class OrchesJobHook(BaseHook):
             edge = self._local_edge()
             return (LOCAL, edge.orchesjob_home, edge.bin_dir)
         cfg = self.ssh_config()
+        edge = cfg.edge
+        runtime = (edge.python, edge.runtime_archive().directory) if edge.provision else None
         return (self.transport_kind, cfg.conn_id, cfg.host, cfg.port, cfg.username,
-                cfg.edge.orchesjob_home, cfg.edge.bin_dir, cfg.edge.extra_path)  # fmt: skip
+                edge.orchesjob_home, edge.bin_dir, edge.extra_path, runtime)  # fmt: skip
 
     def close(self) -> None:
         if self._sync is not None:
@@ -331,7 +359,7 @@ class OrchesJobHook(BaseHook):
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
-                result = transport.run(argv, stdin=stdin, timeout=timeout)
+                result = self._run_provisioned(transport, argv, stdin, timeout)
                 return self._checked_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
                 time.sleep(self._retry_delay(exc, argv, resend_safe, delays))
@@ -352,7 +380,7 @@ class OrchesJobHook(BaseHook):
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
-                result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+                result = await self._arun_provisioned(transport, argv, stdin, timeout)
                 return self._checked_result(argv, result, transport.host_id, ok_codes)
             except OrchesJobConnectionError as exc:
                 await asyncio.sleep(self._retry_delay(exc, argv, resend_safe, delays))
@@ -419,7 +447,7 @@ class OrchesJobHook(BaseHook):
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
-                result = transport.run(argv, timeout=60)
+                result = self._run_provisioned(transport, argv, None, 60)
             except OrchesJobConnectionError as exc:
                 if not exc.retryable:
                     raise
@@ -433,6 +461,68 @@ class OrchesJobHook(BaseHook):
                 # A lock timeout (e.g. another call creating the database of a
                 # new home) is asked again; anything else is the answer.
                 time.sleep(self._transient_delay(exc, delays))
+
+    # ------------------------------------------------- provisioned runtime
+    def _run_provisioned(
+        self, transport: Any, argv: Sequence[str], stdin: bytes | None, timeout: float | None
+    ) -> CommandResult:
+        """``transport.run``; on a provisioned host that lacks the archive (nothing ran), upload it and run
+        the call again, once: a second miss is reported by :func:`check_result`."""
+        result = transport.run(argv, stdin=stdin, timeout=timeout)
+        if archive_missing(result.exit_code, result.stderr):
+            self._provision(transport)
+            result = transport.run(argv, stdin=stdin, timeout=timeout)
+        return result
+
+    async def _arun_provisioned(
+        self, transport: Any, argv: Sequence[str], stdin: bytes | None, timeout: float | None
+    ) -> CommandResult:
+        """Async twin of :meth:`_run_provisioned`."""
+        result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+        if archive_missing(result.exit_code, result.stderr):
+            await self.aprovision_runtime()
+            result = await transport.arun(argv, stdin=stdin, timeout=timeout)
+        return result
+
+    def provision_runtime(self) -> dict:
+        """Upload this provider's runtime archive to the host (connection extra ``provision_runtime``).
+
+        Calls do this by themselves when they find the archive missing; it is safe
+        to repeat and to run from many workers at once. Returns where the archive is.
+        """
+        return self._provision(self.get_conn())
+
+    async def aprovision_runtime(self) -> dict:
+        """Async twin of :meth:`provision_runtime` (a triggerer whose provider was upgraded while
+        tasks were deferred finds the new archive missing on its first poll)."""
+        transport = self.get_async_conn()
+        line, archive = self._install_request()
+        with _upload_failures():
+            result = await transport.arun_line(line, stdin=archive.data, timeout=PROVISION_TIMEOUT)
+        return self._installed(result, archive, transport.host_id)
+
+    def _provision(self, transport: Any) -> dict:
+        line, archive = self._install_request()
+        with _upload_failures():
+            result = transport.run_line(line, stdin=archive.data, timeout=PROVISION_TIMEOUT)
+        return self._installed(result, archive, transport.host_id)
+
+    def _install_request(self) -> tuple[str, RuntimeArchive]:
+        edge = self.ssh_config().edge
+        if self.transport_kind == LOCAL or not edge.provision:
+            raise OrchesJobProvisionError(
+                f"connection {self.ssh_conn_id!r} does not provision the runtime (extra provision_runtime)"
+            )
+        archive = edge.runtime_archive()
+        return commands.install_runtime_script(archive.directory, archive.sha256, python=edge.python), archive
+
+    def _installed(self, result: CommandResult, archive: RuntimeArchive, host_id: str) -> dict:
+        check_installed(result.exit_code, result.stderr, archive, host_id)
+        if result.stderr.strip():  # installed, with a warning (e.g. without the host's bytecode)
+            self.log.warning("provisioning %s: %s", host_id, result.stderr.decode("utf-8", "replace").strip())
+        self.log.info("runtime %s provisioned on %s (sha256 %s)", archive.version, host_id, archive.sha256)
+        return {"host": host_id, "version": archive.version, "sha256": archive.sha256,
+                "path": commands.runtime_path_display(archive.directory)}  # fmt: skip
 
     def _accept_info(self, host_id: str, result: CommandResult) -> dict:
         argv = commands.runtime_info()
@@ -728,7 +818,7 @@ class OrchesJobHook(BaseHook):
         argv = commands.job_logs(run_key, job_id, stream=stream)
         transport = self.get_conn()
         self._ensure_compatible(transport)
-        result = transport.run(argv, timeout=300)
+        result = self._run_provisioned(transport, argv, None, 300)
         if result.exit_code != 0:
             check_result(argv, result, transport.host_id)
         return result.stdout

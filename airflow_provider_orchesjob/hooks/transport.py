@@ -35,10 +35,13 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..exceptions import OrchesJobAuthenticationError, OrchesJobConnectionError, OrchesJobHostKeyError
 from . import commands
+
+if TYPE_CHECKING:
+    from .provision import RuntimeArchive
 
 
 class CommandResult(NamedTuple):
@@ -59,17 +62,37 @@ def backoff_delays(base: float = 0.5, cap: float = 10.0, budget: float = 60.0) -
 
 @dataclass
 class EdgeSettings:
-    """Where the edge CLIs live on the host and which state they use."""
+    """Where the edge CLIs live on the host and which state they use.
+
+    With ``provision`` (connection extra ``provision_runtime``) the CLIs run from
+    the runtime archive the hook uploads itself (see :mod:`.provision`), with the
+    interpreter ``python`` (extra ``provision_python``); ``bin_dir`` and
+    ``extra_path`` are then unused.
+    """
 
     orchesjob_home: str | None = None
     bin_dir: str | None = None
     extra_path: str = commands.DEFAULT_EXTRA_PATH
+    provision: bool = False
+    python: str = "python3"
+    archive: RuntimeArchive | None = None  # None: this provider's own (provision.build_archive())
 
     @property
     def env(self) -> dict[str, str]:
         return {"ORCHESJOB_HOME": self.orchesjob_home} if self.orchesjob_home else {}
 
+    def runtime_archive(self) -> RuntimeArchive:
+        """The archive a provisioned host runs (built on first use, once per process)."""
+        if self.archive is None:
+            from .provision import build_archive
+
+            self.archive = build_archive()
+        return self.archive
+
     def command_line(self, argv: Sequence[str]) -> str:
+        if self.provision:
+            directory = self.runtime_archive().directory
+            return commands.provisioned_command_line(argv, directory=directory, python=self.python, env=self.env)
         return commands.remote_command_line(argv, env=self.env, bin_dir=self.bin_dir, extra_path=self.extra_path)
 
 
@@ -248,6 +271,8 @@ class SSHConfig:
                 orchesjob_home=text("orchesjob_home"),
                 bin_dir=text("orchesjob_bin_dir"),
                 extra_path=extra.get("orchesjob_extra_path", commands.DEFAULT_EXTRA_PATH),
+                provision=flag("provision_runtime"),
+                python=extra.get("provision_python") or "python3",
             ),
         )
         cfg.jump_hosts = [cfg.jump_host(entry) for entry in jump_host_entries(extra.get("jump_hosts"))]
@@ -438,10 +463,13 @@ class SSHTransport:
         return self._client.get_transport()
 
     def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        return self.run_line(self.config.edge.command_line(argv), stdin=stdin, timeout=timeout)
+
+    def run_line(self, line: str, stdin: bytes | None = None, timeout: float | None = None) -> CommandResult:
+        """Run one shell command line (built by :mod:`.commands`) in a new session."""
         import paramiko
 
         transport = self._transport()
-        line = self.config.edge.command_line(argv)
         try:
             chan = transport.open_session(timeout=self.config.conn_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
