@@ -77,8 +77,18 @@ class Notify:
         os.close(self.fd)
 
 
-def spawn(db_path: str, job_id: str) -> Notify:
-    """Start a detached supervisor for ``job_id``; returns its progress pipe."""
+def spawn(db_path: str, job_id: str, systemd_run: str | None = None) -> Notify:
+    """Start a detached supervisor for ``job_id``; returns its progress pipe.
+
+    ``systemd_run``: run it in the job's own transient scope (see systemd.py). If
+    the scope cannot be made, systemd-run exits, the pipe reads EOF and the job is
+    abandoned unrun: a job that asked for a scope never runs outside one.
+    """
+    argv = [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id]
+    if systemd_run is not None:
+        from .systemd import scope_argv
+
+        argv = scope_argv(systemd_run, job_id, argv)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # intermediate child: detach, fork again, exit
@@ -95,11 +105,7 @@ def spawn(db_path: str, job_id: str) -> Notify:
                 # a json.py planted in the caller's directory is never imported.
                 # The marker lets the supervisor of an outer job (if this start ran inside
                 # one) leave this job's tree to us: see proctree.Snapshot.
-                os.execve(
-                    sys.executable,
-                    [sys.executable, "-I", "-m", "edge_runtime.supervisor", db_path, job_id, str(w)],
-                    {**os.environ, proctree.SUPERVISOR_MARKER: job_id},
-                )
+                os.execve(argv[0], [*argv, str(w)], {**os.environ, proctree.SUPERVISOR_MARKER: job_id})
         finally:
             os._exit(0)
     os.close(w)
