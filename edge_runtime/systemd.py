@@ -299,12 +299,9 @@ class Service:
         out["user_manager"] = reachable
         if reachable:
             self._systemctl("daemon-reload")
-            if start:
-                self._systemctl("enable", "--now", SERVICE)
-                if changed:
-                    self._systemctl("try-restart", SERVICE)  # a running old version picks up the new unit
-            else:
-                self._systemctl("enable", SERVICE)
+            if changed:
+                self._systemctl("try-restart", SERVICE)  # a dispatcher running the old unit: the new one now
+            self._systemctl("enable", *(["--now"] if start else []), SERVICE)
             out["enabled"], out["started"] = True, start
         else:
             out["enabled"] = out["started"] = False

@@ -170,8 +170,16 @@ def test_service_install_with_a_manager_enables_and_starts_it(runner, tmp_path):
     with open(calls) as f:
         assert f.read().splitlines() == [
             "systemctl --user daemon-reload",
-            "systemctl --user enable --now orchesjob-reserver.service",
             "systemctl --user try-restart orchesjob-reserver.service",
+            "systemctl --user enable --now orchesjob-reserver.service",
+        ]
+    os.unlink(calls)
+    again = runner.ok("service", "install", "--no-start", tool=RES, env=env)  # unchanged: no restart
+    assert (again["changed"], again["started"]) == (False, False)
+    with open(calls) as f:
+        assert f.read().splitlines() == [
+            "systemctl --user daemon-reload",
+            "systemctl --user enable orchesjob-reserver.service",
         ]
     os.unlink(calls)
     runner.ok("service", "uninstall", tool=RES, env=env)
