@@ -17,6 +17,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # The deployment tests (tests/deploy): a throwaway Postgres cluster and Redis.
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need+=(postgresql)
   command -v redis-server >/dev/null || need+=(redis-server)
+  # systemd-analyze verifies the dispatcher's unit files (tests/edge/test_systemd.py); no manager is started.
+  command -v systemd-analyze >/dev/null || need+=(systemd)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     apt-get update -qq
