@@ -190,6 +190,15 @@ def test_service_install_with_a_manager_enables_and_starts_it(runner, tmp_path):
         ]
 
 
+def test_a_failing_systemctl_is_a_json_error(runner, tmp_path):
+    manager, calls = _fake_manager(tmp_path)
+    (tmp_path / "fakebin" / "systemctl").write_text('#!/bin/sh\necho "Failed to connect to bus" >&2\nexit 1\n')
+    r = runner.run(RES, "service", "install", env=_env(runner, tmp_path, **manager))
+    assert r.code == 1
+    assert r.error["error"] == "systemctl --user daemon-reload failed (exit 1): Failed to connect to bus"
+    assert (tmp_path / "cfg" / "systemd" / "user" / "orchesjob-reserver.service").exists()
+
+
 def test_service_usage_errors_are_json(runner, tmp_path):
     env = _env(runner, tmp_path)
     r = runner.run(RES, "service", "install", "--system", env=env)
