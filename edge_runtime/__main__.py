@@ -4,9 +4,11 @@ This is how a host without a ``pipx install`` runs the runtime: the hook uploads
 one zip archive of this package (built by
 ``airflow_provider_orchesjob/hooks/provision.py``) and calls ``python3 -I
 orchesjob.pyz orchesjob status ...``; the archive's own ``__main__`` calls
-:func:`main`. ``bytecode`` is the install step that adds the host's bytecode
-to it (see bytecode.py). A job's supervisor needs no entry of its own: it is the
-``start`` process forked, so it runs from the archive its job was started from.
+:func:`main`. A job's supervisor is normally the ``start`` process forked, so it
+runs from the archive its job was started from; ``supervisor`` is the entry for
+the one exception, a job in its own systemd scope (``supervisor.spawn``), and
+``bytecode`` the install step that adds the host's bytecode to the archive (see
+bytecode.py).
 
 Written in syntax every Python from 3.6 parses, so an interpreter too old for the
 runtime gets a clear JSON error (exit :data:`UNSUPPORTED_PYTHON_EXIT`) instead
@@ -24,8 +26,9 @@ ENTRIES = {
     "orchesjob-reserver": ("edge_runtime.cli.reserver", "entry"),
     "orchesjob-flow": ("edge_runtime.cli.flow", "entry"),
 }
-# Not a CLI: the install script's bytecode step.
+# Not CLIs: a scoped job's supervisor (supervisor.spawn) and the install script's bytecode step.
 INTERNAL = {
+    "supervisor": ("edge_runtime.supervisor", "main"),
     "bytecode": ("edge_runtime.bytecode", "main"),
 }
 USAGE = f"""usage: python3 -I orchesjob.pyz {{{",".join(ENTRIES)}}} [arguments]

@@ -175,6 +175,9 @@ class Jobs:
             raise UsageError(f"--cwd: not a directory: {cwd}", cwd=cwd)
         if timeout is not None and timeout <= 0:
             raise UsageError("--timeout must be positive")
+        from .systemd import job_scope
+
+        systemd_run = job_scope()  # a scope asked for and not available fails here, before the claim
         with self.store.write() as db:
             same_request = (
                 db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone() if request_id else None
@@ -217,10 +220,10 @@ class Jobs:
                 request_id=request_id,
                 labels=labels,
             )
-        return self._launch(job_id, sync=sync, start_timeout=start_timeout)
+        return self._launch(job_id, sync=sync, start_timeout=start_timeout, systemd_run=systemd_run)
 
-    def _launch(self, job_id: str, *, sync: bool, start_timeout: float) -> dict[str, Any]:
-        """Spawn the supervisor and wait as the mode asks; return the job JSON."""
+    def _launch(self, job_id: str, *, sync: bool, start_timeout: float, systemd_run: str | None) -> dict[str, Any]:
+        """Spawn the supervisor (in a scope when ``systemd_run`` is given) and wait as the mode asks."""
         from .supervisor import spawn
 
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
@@ -228,7 +231,7 @@ class Jobs:
         # The supervisor is forked from this process: no SQLite state of this file may cross.
         self.store.close()
         try:
-            notify = spawn(self.db_path, job_id)
+            notify = spawn(self.db_path, job_id, systemd_run)
         except OSError as exc:  # fork/pipe limits: nothing was launched
             self.store.reopen()
             self._abandon_unsupervised(job_id, f"could not spawn the supervisor: {exc}")
@@ -511,7 +514,9 @@ class Jobs:
                 status=source["status"],
             )
         from . import claim
+        from .systemd import job_scope
 
+        systemd_run = job_scope()
         with self.store.write() as db:
             new_id = claim.insert_job(
                 db,
@@ -527,7 +532,7 @@ class Jobs:
                 rerun_reason=reason,
                 labels=stored_labels(source["labels"]),
             )
-        out = self._launch(new_id, sync=sync, start_timeout=start_timeout)
+        out = self._launch(new_id, sync=sync, start_timeout=start_timeout, systemd_run=systemd_run)
         out["rerun"] = True
         return out
 
@@ -623,12 +628,13 @@ class Jobs:
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
-        from . import runtime_summary
+        from . import runtime_summary, systemd
         from .home import describe
         from .proctree import tracking
 
         out = {**runtime_summary(), "python": sys.version.split()[0]}
         out["process_tracking"] = tracking()
+        out["systemd"] = systemd.describe()
         out.update(describe())
         out["orchesjob_home"] = self.home
         out["orchesjob_db"] = self.db_path

@@ -42,6 +42,7 @@ import os
 import select
 import signal
 import sqlite3
+import sys
 import time
 
 from . import lifecycle, process, proctree
@@ -83,10 +84,15 @@ class Notify:
         os.close(self.fd)
 
 
-def spawn(db_path: str, job_id: str) -> Notify:
+def spawn(db_path: str, job_id: str, systemd_run: str | None = None) -> Notify:
     """Start a detached supervisor for ``job_id``; returns its progress pipe.
 
     The caller must hold no connection to ``db_path`` (see the module docstring).
+    ``systemd_run``: run it in the job's own transient scope (see systemd.py); that
+    takes an exec (``systemd-run --scope`` moves itself into the scope, then execs
+    the supervisor). If the scope cannot be made, systemd-run exits, the pipe reads
+    EOF and the job is abandoned unrun: a job that asked for a scope never runs
+    outside one.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -95,7 +101,10 @@ def spawn(db_path: str, job_id: str) -> Notify:
             os.setsid()
             os.chdir("/")  # the supervisor holds no directory of the caller's
             if os.fork() == 0:
-                _become_supervisor(db_path, job_id, r, w)
+                if systemd_run is None:
+                    _become_supervisor(db_path, job_id, r, w)
+                else:
+                    _exec_in_scope(systemd_run, db_path, job_id, r, w)
         finally:
             os._exit(0)
     os.close(w)
@@ -118,6 +127,35 @@ def _become_supervisor(db_path: str, job_id: str, r: int, w: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
     proctree.mark_supervisor()
     supervise(db_path, job_id, w)
+
+
+def _exec_in_scope(systemd_run: str, db_path: str, job_id: str, r: int, w: int) -> None:
+    from .systemd import scope_argv
+
+    os.close(r)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    _close_inherited(keep=(0, 1, 2, w))
+    os.set_inheritable(w, True)
+    # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables. From a runtime
+    # archive (agentless hosts) the archive itself is the program: -m would not find the package.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    program = [package_root] if os.path.isfile(package_root) else ["-m", "edge_runtime"]
+    argv = [sys.executable, "-I", *program, "supervisor", db_path, job_id, str(w)]
+    os.execv(systemd_run, scope_argv(systemd_run, job_id, argv))
+
+
+def main() -> None:
+    """The supervisor in a fresh interpreter (``python -m edge_runtime supervisor DB JOB FD``): how a
+    job that runs in its own systemd scope is supervised (see :func:`spawn`)."""
+    db_path, job_id, fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    try:
+        os.set_inheritable(fd, False)  # inherited through the exec on purpose; not by the command
+        proctree.mark_supervisor()
+        supervise(db_path, job_id, fd)
+    finally:
+        os._exit(0)
 
 
 def _close_inherited(keep: tuple[int, ...]) -> None:

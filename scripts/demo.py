@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -130,8 +131,30 @@ def main() -> int:
     where = "on the SSH host's ORCHESJOB_HOME" if args.ssh_conn_id else env["ORCHESJOB_HOME"] + "/logs"
     print(f"\nremote job logs: {where}\nAirflow task logs: {logs}/<dag_id>.log")
     if not args.ssh_conn_id:
-        print(f"inspect: ORCHESJOB_HOME={env['ORCHESJOB_HOME']} {bin_dir}/orchesjob status --running")
+        print_hints(results, env["ORCHESJOB_HOME"], bin_dir)
+    print(f"\nthe demo keeps everything in {work}; remove it with: rm -rf {shlex.quote(work)}")
     return 1 if failed else 0
+
+
+def print_hints(results: list, home: str, bin_dir: str) -> None:
+    """Commands to look at what the demo left on the (local) edge, each naming something it ran."""
+    jobs = [
+        (dag_id, t["task_id"], t["xcom"])
+        for dag_id, result in results
+        for t in (result or {}).get("tasks", [])
+        if isinstance(t["xcom"], dict) and "run_key" in t["xcom"] and "job_id" in t["xcom"]
+    ]
+    prefix = f"ORCHESJOB_HOME={shlex.quote(home)} {shlex.quote(bin_dir)}/"
+    print(f"\nthe jobs the demo ran (ORCHESJOB_HOME={home}):")
+    for dag_id, task_id, job in jobs:
+        print(f"  {dag_id}.{task_id}: run key {job['run_key']} -> {job.get('status')}")
+    print("look at them (each command prints what the demo left):")
+    if jobs:
+        key = shlex.quote(jobs[0][2]["run_key"])
+        print(f"  {prefix}orchesjob status --run-key {key}")
+        print(f"  {prefix}orchesjob logs --run-key {key} --stream stdout")
+    print(f"  {prefix}orchesjob-reserver list")
+    print(f"  {prefix}orchesjob-flow list")
 
 
 if __name__ == "__main__":

@@ -29,18 +29,26 @@ FLOORS=("apache-airflow-providers-ssh==4.0.0" "paramiko==3.2.0" "asyncssh==2.15.
 # has no attribute 'callers'). This test calls it from a thread (a real worker never does).
 AF2_DESELECT="--deselect tests/provider/test_operators_local.py::test_killing_a_worker_waiting_for_a_reservation_cancels_it"
 
-# name -> venv | Airflow requirement | constraints file ("" = the resolver's choice) | test paths
-# and pytest options
+# name -> venv | Airflow requirement | constraints file ("" = the resolver's choice) | MWAA
+# recipe installed ("" = none) | test paths and pytest options
 spec() {
   case "$1" in
-    af211) echo ".venv-af211|apache-airflow==2.11.0|tests/matrix/constraints/airflow-2.11.0.txt|tests/provider tests/matrix $AF2_DESELECT" ;;
-    af30) echo ".venv-af30|apache-airflow==3.0.6|tests/matrix/constraints/airflow-3.0.6.txt|tests/provider tests/matrix" ;;
+    af211) echo ".venv-af211|apache-airflow==2.11.0|tests/matrix/constraints/airflow-2.11.0.txt|docs/mwaa/requirements-2.11.0.txt|tests/provider tests/matrix $AF2_DESELECT" ;;
+    af30) echo ".venv-af30|apache-airflow==3.0.6|tests/matrix/constraints/airflow-3.0.6.txt|docs/mwaa/requirements-3.0.6.txt|tests/provider tests/matrix" ;;
     # No constraints file of 3.3.x is reachable here: the dev venv (scripts/setup.sh, newest
     # releases of everything) is the 3.3 entry; the main suite runs tests/provider on it.
-    af33) echo ".venv|||tests/matrix" ;;
-    floor) echo ".venv-floor|apache-airflow==2.11.0|FLOORS|tests/provider tests/matrix/test_floors.py $AF2_DESELECT" ;;
+    af33) echo ".venv||||tests/matrix" ;;
+    floor) echo ".venv-floor|apache-airflow==2.11.0|FLOORS||tests/provider tests/matrix/test_floors.py $AF2_DESELECT" ;;
     *) return 1 ;;
   esac
+}
+
+# The MWAA recipe (README "On MWAA") as this machine can install it: raw.githubusercontent.com,
+# where its --constraint URL points, is not reachable here, so the stored pins of that same file
+# stand in (tests/packaging/test_mwaa_recipe.py checks that they name the same tag and file),
+# and this checkout stands in for the released provider of the same version.
+mwaa_requirements() {  # recipe constraints
+  sed -e "s|^--constraint .*|--constraint $PWD/$2|" -e 's|^airflow-provider-orchesjob\[airflow\]==.*|-e .[airflow]|' "$1"
 }
 
 floor_constraints() {  # the 2.11.0 pins with FLOORS replacing their packages
@@ -55,12 +63,13 @@ if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (
   exit 1
 fi
 
-build() {  # venv requirement constraints
-  local venv=$1 req=$2 cons=$3
-  local stamp="$venv/.orchesjob-matrix-stamp" want start
+build() {  # venv requirement constraints [recipe]
+  local venv=$1 req=$2 cons=$3 recipe=${4:-}
+  local stamp="$venv/.orchesjob-matrix-stamp" want start reqs
   want=$({
     echo "$req ${TEST_DEPS[*]}"
     cat "$cons"
+    [ -z "$recipe" ] || cat "$recipe"
     sed -n -e '/^dependencies = /p' -e '/^airflow = \[/,/^\]/p' pyproject.toml
   } | sha256sum | cut -d' ' -f1)
   if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
@@ -71,22 +80,32 @@ build() {  # venv requirement constraints
   "$PYTHON" -m venv "$venv" || return 1
   # As MWAA installs requirements.txt: everything under the constraints, the provider included.
   # (The machine's pip config lists local index folders that may not exist: drop that noise.)
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$cons" \
-    "$req" -e '.[airflow]' "${TEST_DEPS[@]}" 2> >(grep -v "is neither a file nor a directory" >&2) || return 1
+  if [ -n "$recipe" ]; then
+    reqs=$(mktemp /tmp/orchesjob-mwaa-requirements.XXXXXX)
+    mwaa_requirements "$recipe" "$cons" >"$reqs"
+    set -- -r "$reqs"
+  else
+    set -- -c "$cons" -e '.[airflow]'
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" \
+    "$req" "${TEST_DEPS[@]}" 2> >(grep -v "is neither a file nor a directory" >&2)
+  local rc=$?
+  [ -z "$recipe" ] || rm -f "$reqs"
+  [ "$rc" -eq 0 ] || return 1
   echo "$want" >"$stamp"
   echo "test_matrix: built $venv in $(($(date +%s) - start))s" >&2
 }
 
 failed=()
 for name in $MATRIX; do
-  IFS='|' read -r venv req cons paths < <(spec "$name") || { echo "test_matrix: unknown entry $name" >&2; exit 2; }
+  IFS='|' read -r venv req cons recipe paths < <(spec "$name") || { echo "test_matrix: unknown entry $name" >&2; exit 2; }
   t0=$(date +%s)
   if [ "$cons" = FLOORS ]; then
     cons=$(mktemp /tmp/orchesjob-floor-constraints.XXXXXX)
     floor_constraints >"$cons"
   fi
   if [ -n "$req" ]; then
-    build "$venv" "$req" "$cons"
+    build "$venv" "$req" "$cons" "$recipe"
     brc=$?
     [[ "$cons" == /tmp/* ]] && rm -f "$cons"
     [ "$brc" -eq 0 ] || { echo "test_matrix: $name: install failed" >&2; failed+=("$name"); continue; }

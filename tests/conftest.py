@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -28,8 +29,11 @@ collect_ignore = [] if _airflow_major() == "2" else ["airflow2"]
 if not os.environ.get("ORCHESJOB_MATRIX"):
     collect_ignore.append("matrix")
 
-# Airflow must never touch the developer's ~/airflow: give the test session its own home.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="orchesjob-airflow-home-"))
+# Airflow must never touch the developer's ~/airflow: give the test session its own home,
+# removed when the session ends (one was left in /tmp per session: hundreds on a CI machine).
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="orchesjob-airflow-home-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault(

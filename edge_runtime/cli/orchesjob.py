@@ -33,7 +33,9 @@ the job finished unsuccessfully), 2 invalid arguments, 3 job/run key not found,
 
 State lives in $ORCHESJOB_HOME (orchesjob.db, logs/); without it, /var/lib/orchesjob
 when this user may write there, else ~/.local/share/orchesjob. `orchesjob info`
-prints the resolved paths.
+prints the resolved paths. ORCHESJOB_SYSTEMD_SCOPE=1 runs each started job in its
+own systemd scope orchesjob-<job id>.scope (refused when no user manager is
+reachable); =auto only where one is.
 """
 
 START_EPILOG = """\

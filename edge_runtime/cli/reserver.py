@@ -73,6 +73,23 @@ SIGTERM/SIGINT finish the dispatch in flight, log reserver_stopped, exit 0.
 --once dispatches everything due and exits (for a cron job / systemd timer).
 """
 
+SERVICE_EPILOG = """\
+install writes ~/.config/systemd/user/orchesjob-reserver.service: ExecStart is this
+install's orchesjob-reserver run (--db if given), ORCHESJOB_HOME the state home
+resolved now, ORCHESJOB_SYSTEMD_SCOPE=1 (each job in its own scope, so that
+KillMode=mixed stops the dispatcher and never a job). If your systemd user manager
+is reachable it runs systemctl --user daemon-reload and enable --now; otherwise
+it prints those steps (next_steps). It reports lingering: without it (loginctl
+enable-linger USER, as root) your user manager, and the dispatcher, run only
+while you are logged in. status says whether the written unit is still the one
+install would write now (current). Nothing secret is ever put in the unit.
+examples:
+  orchesjob-reserver service install
+  orchesjob-reserver service status
+  orchesjob-reserver service install --system --print | sudo tee /etc/systemd/system/orchesjob-reserver.service
+  orchesjob-reserver service uninstall
+"""
+
 
 def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # On subcommands the defaults are suppressed so that values given before
@@ -150,6 +167,22 @@ def build_parser() -> Parser:
         help="also delete terminal reservations last updated more than DURATION ago (e.g. 30d): at start-up "
         "and then hourly, in short transactions (off by default)",
     )
+
+    p = sub.add_parser(
+        "service",
+        help="install/uninstall/status of the dispatcher as a systemd user service",
+        usage="orchesjob-reserver service {install [--no-start] [--print] [--system --print] | uninstall | status}",
+        epilog=SERVICE_EPILOG,
+    )
+    _common(p)
+    p.add_argument("action", choices=("install", "uninstall", "status"), help="what to do")
+    p.add_argument("--print", action="store_true", help="install: print the unit text only, write nothing")
+    p.add_argument(
+        "--system",
+        action="store_true",
+        help="install --print: the unit for the system manager (User= this user), for root to install",
+    )
+    p.add_argument("--no-start", action="store_true", help="install: enable it, but do not start it now")
 
     p = sub.add_parser("status", help="reservation status (--include-job adds the job's status)")
     _common(p)
@@ -263,6 +296,9 @@ def main(argv: list[str]) -> int:
             retention=retention,
         ).run(once=args.once)
 
+    if cmd == "service":
+        return _service(args)
+
     if cmd == "list":
         if not 0 <= args.limit <= MAX_LIST_LIMIT:
             raise UsageError(f"--limit must be between 0 and {MAX_LIST_LIMIT}", value=args.limit)
@@ -313,6 +349,32 @@ def main(argv: list[str]) -> int:
             row = res.get(reservation_id=row["reservation_id"])  # dispatched meanwhile
         return _cancel_job(client(), row, args.reason)
     raise UsageError(f"unknown command {cmd}")
+
+
+def _service(args: argparse.Namespace) -> int:
+    from ..systemd import Service
+
+    if (args.print or args.system or args.no_start) and args.action != "install":
+        raise UsageError(f"--print, --system and --no-start go with install, not {args.action}")
+    if args.system and not args.print:
+        raise UsageError(
+            "the system unit is installed by root: orchesjob-reserver service install --system --print | "
+            "sudo tee /etc/systemd/system/orchesjob-reserver.service, then sudo systemctl daemon-reload && "
+            "sudo systemctl enable --now orchesjob-reserver"
+        )
+    service = Service(args.db)
+    if args.print:
+        from .common import write_text
+
+        write_text(service.text(system=args.system))
+        return 0
+    if args.action == "install":
+        emit(service.install(start=not args.no_start))
+    elif args.action == "uninstall":
+        emit(service.uninstall())
+    else:
+        emit(service.status())
+    return 0
 
 
 def _job_status(client: Any, row: Any) -> Any:

@@ -3,6 +3,7 @@ the provider registered in Airflow, and the zero-setup demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -100,6 +101,16 @@ def test_zero_setup_demo_runs_every_example(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count(" success in ") == 5
     assert "summary" in p.stdout and "SUCCEEDED" in p.stdout and "remote job logs:" in p.stdout
+    # The closing hints show what the demo ran: each prints something, the status a job it ran.
+    hints = [line.strip() for line in p.stdout.splitlines() if line.startswith("  ORCHESJOB_HOME=")]
+    assert len(hints) == 4, p.stdout[-3000:]
+    for hint in hints:
+        shown = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and shown.stdout.strip() not in ("", "[]", "{}"), (hint, shown)
+        if " status --run-key " in hint:
+            assert json.loads(shown.stdout)["status"] == "SUCCEEDED"
+    work = p.stdout.rsplit("remove it with: rm -rf ", 1)[1].split()[0]
+    shutil.rmtree(work)
 
 
 def test_demo_variant_against_a_real_ssh_host(ssh_server):
