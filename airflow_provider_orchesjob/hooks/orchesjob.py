@@ -335,27 +335,19 @@ class OrchesJobHook(BaseHook):
         resend_safe: bool = True,
         ok_codes: Sequence[int] = (0,),
         timeout: float | None = 300,
+        self_checking: bool = False,
     ) -> Any:
         """Run one edge CLI call and return its parsed JSON (retrying connection failures safely).
 
         Transient host-side errors (a database lock timeout, the runtime missing
         while ``pipx upgrade`` replaces it) are resent within the same budget:
-        neither did anything on the host.
+        neither did anything on the host. The host's runtime is checked first
+        (``info``, once per connection) unless the call checks it itself
+        (``self_checking``: ``start --expect-major``).
         """
-        self._ensure_compatible(self.get_conn())
-        return self._send(argv, stdin=stdin, resend_safe=resend_safe, ok_codes=ok_codes, timeout=timeout)
-
-    def _send(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        resend_safe: bool = True,
-        ok_codes: Sequence[int] = (0,),
-        timeout: float | None = 300,
-    ) -> Any:
-        """:meth:`run_cli` without the compatibility check: for calls that check themselves."""
         transport = self.get_conn()
+        if not self_checking:
+            self._ensure_compatible(transport)
         delays = backoff_delays(budget=self.connect_budget)
         while True:
             try:
@@ -647,7 +639,7 @@ class OrchesJobHook(BaseHook):
             # One round trip: the start checks the runtime's major version itself and replies
             # with its capabilities. Only a runtime that refuses it is asked `info` (below).
             try:
-                reply = self._send(argv_for(None), stdin=stdin, timeout=call_timeout)
+                reply = self.run_cli(argv_for(None), stdin=stdin, timeout=call_timeout, self_checking=True)
             except OrchesJobInvalidArguments:
                 if START_CHECK in self.capabilities():
                     raise  # a runtime that knows every option refused the input itself
