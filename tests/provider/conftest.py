@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -11,6 +12,16 @@ import pytest
 from tests.sshd_harness import SSHServer
 
 CONN_ID = "orchesjob_it"
+
+
+def wait_terminal(hook, run_key: str, timeout: float = 60) -> dict:
+    """The job of ``run_key`` once it is no longer STARTING or RUNNING (or as it is after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = hook.job_status(run_key)
+        if job["status"] not in ("STARTING", "RUNNING") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
 
 
 def set_connection(conn_id: str, server: SSHServer, **extra) -> str:

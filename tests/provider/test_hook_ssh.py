@@ -18,18 +18,9 @@ from airflow_provider_orchesjob.exceptions import (
 )
 from airflow_provider_orchesjob.hooks import OrchesJobHook
 
-from .conftest import set_connection
+from .conftest import set_connection, wait_terminal
 
 NASTY = ["a;b", "$(touch /tmp/pwned)", "`id`", "it's", 'say "hi"', "two\nlines", "*", "ünïcödé ✓", "-n", "--", ""]
-
-
-def wait_terminal(hook, run_key, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = hook.job_status(run_key)
-        if job["status"] not in ("STARTING", "RUNNING") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
 
 
 def test_runtime_found_without_path_and_info(conn_id, ssh_server):

@@ -8,7 +8,6 @@ import os
 import shutil
 import stat
 import threading
-import time
 import uuid
 
 import pytest
@@ -20,7 +19,7 @@ from airflow_provider_orchesjob.exceptions import (
 )
 from airflow_provider_orchesjob.hooks import OrchesJobHook, commands, provision
 
-from .conftest import set_connection
+from .conftest import set_connection, wait_terminal
 from .test_provision import assert_same_archive_with_bytecode
 
 CONN_ID = "orchesjob_bare"
@@ -66,15 +65,6 @@ def supervisor_argv(hook: OrchesJobHook, job_id: str) -> list[str]:
     pid = hook.job_status(job_id=job_id)["worker_pid"]
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().decode(errors="replace").split("\0")
-
-
-def wait_terminal(hook: OrchesJobHook, run_key: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = hook.job_status(run_key)
-        if job["status"] not in ("STARTING", "RUNNING") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.2)
 
 
 def test_first_contact_provisions_then_jobs_run_from_the_archive(bare_conn, bare_ssh_server):
