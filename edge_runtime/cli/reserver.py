@@ -13,7 +13,17 @@ import sys
 
 from .. import __version__
 from ..errors import OrchesError, UsageError
-from .common import Parser, add_clean_options, clean_window, emit, run_cli, seconds_type, split_command
+from .common import (
+    Parser,
+    add_clean_options,
+    add_format_option,
+    clean_window,
+    emit,
+    run_cli,
+    seconds_type,
+    show,
+    split_command,
+)
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -155,6 +165,7 @@ def build_parser() -> Parser:
     _common(p)
     _selector(p)
     p.add_argument("--include-job", action="store_true", help="also include orchesjob status of the job")
+    add_format_option(p)
 
     p = sub.add_parser("result", help="orchesjob result of the reservation's job")
     _common(p)
@@ -175,6 +186,7 @@ def build_parser() -> Parser:
     _common(p)
     p.add_argument("--status", choices=STATUSES, help="only this reservation status")
     p.add_argument("--limit", metavar="N", type=int, default=50, help="maximum number of records (default: 50)")
+    add_format_option(p)
 
     p = sub.add_parser(
         "clean",
@@ -266,7 +278,10 @@ def main(argv: list[str]) -> int:
     if cmd == "list":
         if not 0 <= args.limit <= MAX_LIST_LIMIT:
             raise UsageError(f"--limit must be between 0 and {MAX_LIST_LIMIT}", value=args.limit)
-        emit({"reservations": Reservations(args.db).list(args.status, args.limit)})
+        from ..reservations import reservations_table
+
+        found = {"reservations": Reservations(args.db).list(args.status, args.limit)}
+        show(found, args.format, lambda o: reservations_table(o["reservations"]))
         return 0
 
     if cmd == "clean":
@@ -291,7 +306,9 @@ def main(argv: list[str]) -> int:
         out: dict[str, Any] = {"reservation": reservation_json(row)}
         if args.include_job:
             out["job"] = _job_status(client(), row) if row["job_id"] else None
-        emit(out)
+        from ..reservations import reservation_fields
+
+        show(out, args.format, reservation_fields)
         return 0
     if cmd == "result":
         if row["job_id"] is None:
