@@ -85,8 +85,8 @@ def default_home() -> str:
     if len(holding) == 2:
         raise AmbiguousHome(
             f"two orchesjob homes hold this user's databases: {system} and {user}; refusing to guess "
-            "which one is current. Keep one (move or remove the other's orchesjob.db/reserver.sqlite3 "
-            "and logs/), or set ORCHESJOB_HOME to the one to use",
+            "which one is current. Keep one (move or remove the other's orchesjob.db/reserver.sqlite3/"
+            "orchesjob-flow.sqlite3 and logs/), or set ORCHESJOB_HOME to the one to use",
             homes=holding,
         )
     if holding:

@@ -332,8 +332,9 @@ class Reservations:
         if current["job_id"] is not None:
             return None
         if current["status"] == "CANCELLED":
-            # Cancelling what is already cancelled succeeds and changes nothing (the stop rule of all three tools).
-            return {"cancelled": False, "already_ended": True, "reservation": reservation_json(current)}
+            # Cancelling what is already cancelled succeeds and changes nothing (the stop rule of all three
+            # tools); `cancelled` says the reservation is cancelled, as `orchesjob cancel` says it of a job.
+            return {"cancelled": True, "already_ended": True, "reservation": reservation_json(current)}
         raise CannotCancel(
             f"Cannot cancel reservation in status {current['status']} without job_id",
             reservation_id=current["reservation_id"],

@@ -136,7 +136,12 @@ def build_parser() -> Parser:
         help="also advance the run (takes the advancer lease when no live advancer holds it)",
     )
 
-    p = sub.add_parser("cancel", help="cancel a run and abort its running steps")
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a run and abort its running steps",
+        description="Cancel the run and its unfinished steps, then abort the steps' running jobs. A run that "
+        'has already ended is printed as it is: exit 0, "cancelled": false, "already_ended": true.',
+    )
     p.add_argument("--run-key", metavar="KEY", required=True)
     p.add_argument("--grace-seconds", type=seconds_type("--grace-seconds"), default=None, metavar="SECONDS")
 

@@ -48,11 +48,13 @@ DESCRIPTION = """\
 Reserve a job now (from Airflow, cron, CI, SSH ...) and let this host dispatch
 it to orchesjob at or after --not-before, even when nobody is connected then.
 
-Every command prints JSON on stdout; errors are one JSON object on stderr.
+Every command prints JSON on stdout (status and list print a table with
+--format table); errors are one JSON object on stderr.
 `result` and `cancel` of a dispatched reservation print what orchesjob prints.
 Exit codes: 0 success, 1 general error, 2 invalid arguments, 4 reservation not
 found, 5 not dispatched yet (no job_id) / another dispatcher holds the
-database, 6 cannot cancel in the current state. `result` passes on the exit
+database, 6 cannot cancel in the current state (cancelling what has already
+ended is success: "already_ended": true). `result` passes on the exit
 code of `orchesjob result` (0 succeeded, 1 failed, 3 job gone, 4 not finished).
 
 Database: --db, else $ORCHESJOB_RESERVER_HOME/reserver.sqlite3, else
@@ -172,7 +174,12 @@ def build_parser() -> Parser:
     _selector(p)
 
     p = sub.add_parser(
-        "cancel", help="cancel a pending reservation, or cancel the job of a dispatched one through orchesjob"
+        "cancel",
+        help="cancel a pending reservation, or cancel the job of a dispatched one through orchesjob",
+        description="Cancel a pending (RESERVED, EXPIRED, DISPATCH_FAILED) reservation, or the job of a "
+        "dispatched one through `orchesjob cancel`. Cancelling what has already ended (a CANCELLED "
+        "reservation, a dispatched one whose job ended) succeeds and changes nothing: exit 0, "
+        '"already_ended": true. A DISPATCHING reservation cannot be cancelled yet (exit 6).',
     )
     _common(p)
     _selector(p)

@@ -270,7 +270,7 @@ def test_cancel_in_each_state(runner):
     assert out["cancelled"] is True and out["reservation"]["reservation_status"] == "CANCELLED"
     assert out["already_ended"] is False
     again = runner.ok("cancel", "--run-key", "c-res", tool=RES)
-    assert again["cancelled"] is False and again["already_ended"] is True
+    assert again["cancelled"] is True and again["already_ended"] is True
     assert again["reservation"]["reservation_status"] == "CANCELLED"
     # the dispatcher never starts a cancelled reservation
     reserve(runner, "c-now")
