@@ -126,6 +126,7 @@ def test_sync_exit_code_of_a_stopped_job_is_125_and_needs_sync(runner, tmp_path)
     proc = runner.popen(
         "orchesjob", "start", "--run-key", "s", "--sync", "--exit-code", "--", "sleep", "30", stdout=subprocess.PIPE
     )
+    wait_until(lambda: runner.oj("status", "--run-key", "s").code == 0)  # claimed by the background start
     wait_status(runner, "s", statuses=("RUNNING",))
     runner.ok("abort", "--run-key", "s", "--grace-seconds", "1")
     assert proc.wait(timeout=30) == 125
