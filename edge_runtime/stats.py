@@ -133,7 +133,9 @@ def _read_only(path: str) -> sqlite3.Connection | None:
     """The database at ``path`` opened read-only, or None when there is none (never created here)."""
     if not os.path.exists(path):
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    from urllib.parse import quote
+
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=5.0)
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -395,6 +395,10 @@ def test_the_three_tools_share_one_state_home(runner, tmp_path):
     assert runner.run(FLOW, "start", "--run-key", "h", str(path), env=env).code == 0
     assert os.path.exists(os.path.join(home, "orchesjob-flow.sqlite3"))
     assert not os.path.exists(tmp_path / "user" / ".local" / "share" / "orchesjob-flow")
+    # ... so `stats` sees the flow runs (and the step's job) of the same home
+    stats = runner.ok("stats", env=env)
+    assert stats["flow_runs"]["by_status"] == {"SUCCEEDED": 1} and stats["flow_runs"]["active"] == 0
+    assert stats["jobs_by_status"]["SUCCEEDED"] == 1
 
 
 def test_flow_runs_in_the_old_flow_directory_are_not_left_behind(runner, tmp_path):
