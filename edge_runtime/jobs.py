@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 # How long abort/cancel wait for the stop to complete beyond the grace period.
 STOP_WAIT_MARGIN = 10.0
 MAX_LIST_LIMIT = 100_000
+LIST_PAGE = 500
 
 
 def validate_job_id(job_id: str) -> str:
@@ -378,16 +379,22 @@ class Jobs:
             params.append(since)
         where = " AND ".join(clauses) or "1"
         out: list[dict[str, Any]] = []
-        for row in self.store.conn.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY rowid DESC", params):
-            if not has_labels(row["labels"], labels):
-                continue
-            judged = self._judge(row)
-            # A settled job may no longer have the status asked for.
-            if statuses and judged["status"] not in statuses:
-                continue
-            out.append(job_json(judged))
-            if len(out) >= limit:
+        before = None
+        # Pages read whole (no statement left open while _judge may write), each below the previous one.
+        while len(out) < limit:
+            page = self.store.all(
+                f"SELECT rowid, * FROM jobs WHERE {where} AND rowid <= ? ORDER BY rowid DESC LIMIT ?",
+                [*params, (1 << 63) - 1 if before is None else before, LIST_PAGE],
+            )
+            for row in page:
+                if len(out) < limit and has_labels(row["labels"], labels):
+                    judged = self._judge(row)
+                    # A settled job may no longer have the status asked for.
+                    if not statuses or judged["status"] in statuses:
+                        out.append(job_json(judged))
+            if len(page) < LIST_PAGE:
                 break
+            before = page[-1]["rowid"] - 1
         return out
 
     def first_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:

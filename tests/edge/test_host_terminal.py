@@ -51,6 +51,32 @@ def test_list_filters_and_orders_newest_first(runner):
     }
 
 
+def test_list_walks_page_by_page_past_non_matching_jobs(runner):
+    first = sync(runner, "keep-0", "true")
+    # 1200 more finished jobs, copied in SQL (a start each would take minutes); every 100th is a "keep-".
+    conn = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"))
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
+    picks = ", ".join("?" if c in ("job_id", "run_key") else c for c in cols)
+    for i in range(1, 1201):
+        key = f"keep-{i}" if i % 100 == 0 else f"skip-{i}"
+        conn.execute(
+            f"INSERT INTO jobs ({', '.join(cols)}) SELECT {picks} FROM jobs WHERE job_id = ?",
+            (f"copy-{i}", key, first["job_id"]),
+        )
+    conn.execute("""UPDATE jobs SET labels='{"keep": "yes"}' WHERE run_key LIKE 'keep-%'""")
+    conn.commit()
+    conn.close()
+    expected = [f"keep-{i}" for i in range(1200, -1, -100)]
+    kept = [j["run_key"] for j in runner.ok("list", "--run-key-prefix", "keep-", "--limit", "1000")["jobs"]]
+    assert kept == expected
+    # Labels are matched after the read: the walk goes on through pages that hold no match.
+    labelled = runner.ok("list", "--label", "keep=yes", "--limit", "1000")["jobs"]
+    assert [j["run_key"] for j in labelled] == expected
+    assert [j["run_key"] for j in runner.ok("list", "--label", "keep=yes", "--limit", "2")["jobs"]] == expected[:2]
+    assert len(runner.ok("list", "--limit", "1000")["jobs"]) == 1000
+    assert [j["job_id"] for j in runner.ok("list", "--limit", "2000")["jobs"]][-2:] == ["copy-1", first["job_id"]]
+
+
 def test_list_since_takes_an_age_or_a_time(runner):
     sync(runner, "old", "true")
     time.sleep(1.1)
