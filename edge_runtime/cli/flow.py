@@ -208,6 +208,20 @@ def safe_key(run_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key).strip("_") or "flow"
 
 
+def _table(payload: dict[str, Any]) -> str:
+    # flow_display imports the definition and expression modules: only for a person's table,
+    # never on the JSON `status` a remote poll makes.
+    from ..flow_display import render_table
+
+    return render_table(payload)
+
+
+def _runs_table(runs: dict[str, Any]) -> str:
+    from ..flow_display import runs_table
+
+    return runs_table(runs["runs"])
+
+
 def _exit_for(status: str) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
@@ -254,10 +268,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "list":
         try:
-            from ..flow_display import runs_table
-
             runs = {"runs": flows.list_runs(active=args.active, labels=args.labels, limit=args.limit)}
-            show(runs, args.format, lambda o: runs_table(o["runs"]), emit)
+            show(runs, args.format, _runs_table, emit)
         finally:
             flows.close()
         return 0
@@ -300,9 +312,7 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
         payload = flows.payload(args.run_key)
         if resumed is not None:
             payload["advancer_resumed"] = resumed
-        from ..flow_display import render_table
-
-        show(payload, args.format, render_table, emit)
+        show(payload, args.format, _table, emit)
         return 0
     if cmd == "watch":
         return _watch(args, flows, client)
