@@ -29,6 +29,15 @@ CAPABILITIES = (
     "reserve-cancel-reason",
     "flow-labels",
     "start-compat-check",
+    # a host owner's terminal: `orchesjob list`, `--format table` (status/list/stats of the three CLIs),
+    # `logs --follow`, `stats`, `start/rerun --sync --exit-code`, and stopping an ended job/reservation/flow
+    # run succeeds (exit 0, already_ended) in all three CLIs
+    "job-list",
+    "format-table",
+    "logs-follow",
+    "stats",
+    "sync-exit-code",
+    "stop-ended-ok",
 )
 
 

@@ -7,11 +7,11 @@ they can be tested without a database.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 from . import flow_expr
 from .flow_definition import FlowDefinition
+from .table import elapsed, fmt_time, render
 
 MARKS = {
     "PENDING": ".",
@@ -32,51 +32,19 @@ COLOURS = {
     "SKIPPED": ("#e9ecef", "#6c757d"),
     "CANCELLED": ("#ffe5d0", "#fd7e14"),
 }
-COLUMN_CAPS = (24, 14, 9, 12, 12, 48, 40)
-HEADERS = ("Step", "Status", "Attempt", "Elapsed", "orchesjob", "Run key", "Error")
+HEADERS = ("Step", "Status", "Attempt", "Elapsed", "Job", "Exit", "Run key", "Error")
+# Only free text is shortened; ids, run keys and exit codes are shown whole.
+CAPS = {"Error": 60}
 STDERR_TAIL_LINES = 5
 
 
-def _width(text: str) -> int:
-    if text.isascii():
-        return len(text)
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _fit(text: str, cap: int) -> str:
-    if _width(text) <= cap:
-        return text
-    out = ""
-    for c in text:
-        if _width(out + c) > cap - 1:
-            break
-        out += c
-    return out + "…"
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def fmt_elapsed(seconds: float | None) -> str:
-    if seconds is None:
+def attempt_text(step: dict[str, Any]) -> str:
+    """``n`` for a step without retries, ``n/m`` (m = 1 + retries) for one with them; ``-`` before its first."""
+    if not step["attempt_no"]:
         return "-"
-    s = max(0, int(seconds))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h >= 100 else f"{h:02d}:{m:02d}:{sec:02d}"
-
-
-def fmt_time(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _elapsed(started: float | None, finished: float | None, now: float) -> str:
-    if started is None:
-        return "-"
-    return fmt_elapsed((finished if finished is not None else now) - started)
+    if not step["max_retries"]:
+        return str(step["attempt_no"])
+    return f"{step['attempt_no']}/{step['max_retries'] + 1}"
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:
@@ -114,7 +82,7 @@ def render_table(payload: dict[str, Any], now: float | None = None, tails: bool 
         f"Status: {MARKS.get(status, '?')} {status}  Steps: {done}/{len(steps)} done, {running} running, "
         f"{failed} failed  {progress_bar(done, len(steps))}",
         f"Started: {fmt_time(payload['started_at'])}  Finished: {fmt_time(payload['finished_at'])}  "
-        f"Elapsed: {_elapsed(payload['started_at'], payload['finished_at'], now)}",
+        f"Elapsed: {elapsed(payload['started_at'], payload['finished_at'], now)}",
     ]
     if payload.get("error"):
         lines.append(f"Error: {payload['error']}")
@@ -126,33 +94,34 @@ def render_table(payload: dict[str, Any], now: float | None = None, tails: bool 
             (
                 s["id"],
                 f"{MARKS.get(s['status'], '?')} {s['status']}",
-                f"{s['attempt_no']}/{s['max_retries']}",
-                _elapsed(s["started_at"], s["finished_at"], now),
-                job.get("status") or "-",
+                attempt_text(s),
+                elapsed(s["started_at"], s["finished_at"], now),
+                job.get("status"),
+                job.get("exit_code"),
                 s["run_key"],
-                s.get("error") or "",
+                s.get("error"),
             )
         )
-    widths = [
-        min(cap, max([_width(h)] + [_width(r[i]) for r in rows]))
-        for i, (h, cap) in enumerate(zip(HEADERS, COLUMN_CAPS, strict=True))
-    ]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(_pad(_fit(c, w), w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    lines.append(line(HEADERS))
-    lines.append(line(tuple("-" * w for w in widths)))
-    lines.extend(line(r) for r in rows)
+    text = "\n".join(lines) + "\n" + render(HEADERS, rows, caps=CAPS)
     if tails:
         for s in steps:
             if s["status"] == "FAILED" or (s["status"] in ("DELAYED", "PENDING") and s.get("error")):
                 tail = stderr_tail(s)
                 if tail:
-                    lines.append("")
-                    lines.append(f"stderr of {s['run_key']} (last {len(tail)} lines):")
-                    lines.extend("  | " + t for t in tail)
-    return "\n".join(lines) + "\n"
+                    text += f"\nstderr of {s['run_key']} (last {len(tail)} lines):\n"
+                    text += "".join(f"  | {t}\n" for t in tail)
+    return text
+
+
+def runs_table(runs: list[dict[str, Any]], now: float | None = None) -> str:
+    """Flow runs one per row (`list --format table`)."""
+    now = time.time() if now is None else now
+    rows = [
+        (r["run_key"], r["flow_id"], f"{MARKS.get(r['status'], '?')} {r['status']}", fmt_time(r["started_at"]),
+         elapsed(r["started_at"], r["finished_at"], now), ",".join(f"{k}={v}" for k, v in r["labels"].items()))
+        for r in runs
+    ]  # fmt: skip
+    return render(("Run key", "Flow", "Status", "Started", "Elapsed", "Labels"), rows, caps={"Labels": 60})
 
 
 # ---------------------------------------------------------------------- graphs
@@ -226,3 +195,45 @@ def dot(defn: FlowDefinition, payload: dict[str, Any] | None = None) -> str:
         lines.append(f"  {_dot_id(a)} -> {_dot_id(b)} [{attrs[kind]}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------- progress
+class Progress:
+    """Step transitions of a run as lines, for a foreground ``start`` on a terminal.
+
+    ``lines(payload)`` returns one line per step whose status changed since the
+    previous call (the first call reports every step that has left PENDING), then
+    one line when the run itself ends.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._run_status: str | None = None
+
+    def lines(self, payload: dict[str, Any], now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        clock = time.strftime("%H:%M:%S", time.localtime(now))
+        out = []
+        for s in payload["steps"]:
+            # A retry can pass RUNNING -> PENDING -> RUNNING between two calls: the attempt tells.
+            before, attempt = self._seen.get(s["id"], ("PENDING", 0))
+            if (s["status"], s["attempt_no"]) == (before, attempt):
+                continue
+            self._seen[s["id"]] = (s["status"], s["attempt_no"])
+            job = s.get("orchesjob_status") or {}
+            detail = f"attempt {attempt_text(s)}, job {s['run_key']}"
+            if s["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                code = job.get("exit_code")
+                detail += f", exit {'-' if code is None else code}, {elapsed(s['started_at'], s['finished_at'], now)}"
+            if s.get("error") and s["status"] != "SUCCEEDED":
+                detail += f": {s['error']}"
+            out.append(f"{clock}  {s['id']}  {before} -> {s['status']}  ({detail})")
+        if payload["status"] != self._run_status and payload["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            p = payload["progress"]
+            took = elapsed(payload["started_at"], payload["finished_at"], now)
+            out.append(
+                f"{clock}  flow {payload['run_key']} {payload['status']}: "
+                f"{p['done']}/{p['total']} steps done, {p['failed']} failed, {took}"
+            )
+        self._run_status = payload["status"]
+        return out

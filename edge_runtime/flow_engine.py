@@ -42,6 +42,7 @@ from .schema import FLOW_TERMINAL, STEP_TERMINAL
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
+    from collections.abc import Callable
     from typing import Any
 
     from .flow_definition import FlowDefinition, Step
@@ -454,16 +455,26 @@ class Advancer:
             timeout = min(timeout, 0.2)
         wait_any(targets, timeout)
 
-    def run(self) -> str:
-        """Advance until the flow is terminal; returns its final status."""
+    def run(self, progress: Callable[[], None] | None = None) -> str:
+        """Advance until the flow is terminal; returns its final status. ``progress`` is called
+        after every pass (a foreground ``start`` on a terminal prints step transitions from it)."""
         while True:
             status = self.advance_once()
+            if progress is not None:
+                progress()
             if status in FLOW_TERMINAL:
                 return status
             self.wait_for_progress()
 
 
-def run_flow(flows: FlowStore, run_key: str, client: Any, poll_interval: float, role: str = "start") -> str:
+def run_flow(
+    flows: FlowStore,
+    run_key: str,
+    client: Any,
+    poll_interval: float,
+    role: str = "start",
+    progress: Callable[[], None] | None = None,
+) -> str:
     """Advance ``run_key`` to a terminal state, or follow the live advancer that holds it.
 
     If the holder dies, this loop takes over its lease and continues the run.
@@ -473,9 +484,11 @@ def run_flow(flows: FlowStore, run_key: str, client: Any, poll_interval: float, 
             return flows.run_row(run_key)["status"]
         if flows.acquire(run_key, role):
             try:
-                return Advancer(flows, run_key, client, poll_interval).run()
+                return Advancer(flows, run_key, client, poll_interval).run(progress)
             finally:
                 flows.release(run_key)
         holder = flows.holder(run_key)
         if holder is not None:
             process.wait_exit(holder[0], holder[1], holder[2], max(poll_interval, 1.0))
+        if progress is not None:
+            progress()

@@ -289,6 +289,7 @@ class FlowStore:
             if run["status"] in FLOW_TERMINAL:
                 out = self.payload(run_key)
                 out["cancelled"] = False
+                out["already_ended"] = True
                 return out
             running = db.execute(
                 "SELECT step_id, attempt_no FROM flow_steps WHERE run_key=? AND status='RUNNING'", (run_key,)
@@ -325,6 +326,7 @@ class FlowStore:
                     )
         out = self.payload(run_key)
         out["cancelled"] = True
+        out["already_ended"] = False
         return out
 
     # -------------------------------------------------------------- repair

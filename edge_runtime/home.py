@@ -29,7 +29,9 @@ JOBS_DB_NAME = "orchesjob.db"
 RESERVER_DB_NAME = "reserver.sqlite3"
 FLOW_DB_NAME = "orchesjob-flow.sqlite3"
 # The databases whose presence marks a directory as this user's home.
-HOME_DB_NAMES = (JOBS_DB_NAME, RESERVER_DB_NAME)
+HOME_DB_NAMES = (JOBS_DB_NAME, RESERVER_DB_NAME, FLOW_DB_NAME)
+# Where orchesjob-flow kept its state before it shared the home of the other two tools.
+LEGACY_FLOW_DIR_NAME = "orchesjob-flow"
 
 
 class UnsafeHome(OrchesError):
@@ -61,16 +63,16 @@ def _usable(path: str) -> bool:
     return os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)
 
 
+def _owns(path: str) -> bool:
+    try:
+        return os.stat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
 def _holds_own_database(home: str) -> bool:
     """True if ``home`` has one of our database files owned by this user."""
-    uid = os.geteuid()
-    for name in HOME_DB_NAMES:
-        try:
-            if os.stat(os.path.join(home, name)).st_uid == uid:
-                return True
-        except OSError:
-            pass
-    return False
+    return any(_owns(os.path.join(home, name)) for name in HOME_DB_NAMES)
 
 
 def default_home() -> str:
@@ -83,8 +85,8 @@ def default_home() -> str:
     if len(holding) == 2:
         raise AmbiguousHome(
             f"two orchesjob homes hold this user's databases: {system} and {user}; refusing to guess "
-            "which one is current. Keep one (move or remove the other's orchesjob.db/reserver.sqlite3 "
-            "and logs/), or set ORCHESJOB_HOME to the one to use",
+            "which one is current. Keep one (move or remove the other's orchesjob.db/reserver.sqlite3/"
+            "orchesjob-flow.sqlite3 and logs/), or set ORCHESJOB_HOME to the one to use",
             homes=holding,
         )
     if holding:
@@ -101,7 +103,17 @@ def reserver_home() -> str:
 
 
 def flow_home() -> str:
-    return os.environ.get("ORCHESJOB_FLOW_HOME") or os.environ.get("ORCHESJOB_HOME") or _user_data_dir("orchesjob-flow")
+    """The home of the other two tools, unless this user's flow runs still live in the
+    pre-shared-home directory ``~/.local/share/orchesjob-flow`` (then that one, so that no
+    run is left behind; move its ``orchesjob-flow.sqlite3`` and ``logs/`` over to switch)."""
+    explicit = os.environ.get("ORCHESJOB_FLOW_HOME") or os.environ.get("ORCHESJOB_HOME")
+    if explicit:
+        return explicit
+    home = default_home()
+    legacy = _user_data_dir(LEGACY_FLOW_DIR_NAME)
+    if not _owns(os.path.join(home, FLOW_DB_NAME)) and _owns(os.path.join(legacy, FLOW_DB_NAME)):
+        return legacy
+    return home
 
 
 def jobs_db_path(home: str | None = None) -> str:

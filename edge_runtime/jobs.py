@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 # How long abort/cancel wait for the stop to complete beyond the grace period.
 STOP_WAIT_MARGIN = 10.0
+MAX_LIST_LIMIT = 100_000
+LIST_PAGE = 500
 
 
 def validate_job_id(job_id: str) -> str:
@@ -348,6 +350,60 @@ class Jobs:
             if r["status"] in ACTIVE_JOB_STATUSES
         ]
 
+    def list_jobs(
+        self,
+        *,
+        statuses: Iterable[str] = (),
+        run_key_prefix: str | None = None,
+        since: float | None = None,
+        labels: dict[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Jobs newest first (by creation), narrowed by status, run key prefix, start time and labels.
+
+        Walks the table backwards in insertion order (its rowid: no index to maintain) and
+        stops after ``limit`` matches; a run key prefix is a range on the run key index.
+        """
+        statuses = list(dict.fromkeys(statuses))
+        unknown = [s for s in statuses if s not in ACTIVE_JOB_STATUSES + TERMINAL_JOB_STATUSES]
+        if unknown:
+            raise UsageError(
+                f"--status: unknown status {unknown[0]!r}; choose from "
+                f"{', '.join(ACTIVE_JOB_STATUSES + TERMINAL_JOB_STATUSES)}"
+            )
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise UsageError(f"--limit must be between 1 and {MAX_LIST_LIMIT}")
+        clauses, params = [], []
+        if statuses:
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += statuses
+        if run_key_prefix:
+            # Every key with the prefix sorts in [prefix, prefix + U+10FFFF); substr makes it exact.
+            clauses.append("run_key >= ? AND run_key < ? AND substr(run_key, 1, ?) = ?")
+            params += [run_key_prefix, run_key_prefix + "\U0010ffff", len(run_key_prefix), run_key_prefix]
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(since)
+        where = " AND ".join(clauses) or "1"
+        out: list[dict[str, Any]] = []
+        before = None
+        # Pages read whole (no statement left open while _judge may write), each below the previous one.
+        while len(out) < limit:
+            page = self.store.all(
+                f"SELECT rowid, * FROM jobs WHERE {where} AND rowid <= ? ORDER BY rowid DESC LIMIT ?",
+                [*params, (1 << 63) - 1 if before is None else before, LIST_PAGE],
+            )
+            for row in page:
+                if len(out) < limit and has_labels(row["labels"], labels):
+                    judged = self._judge(row)
+                    # A settled job may no longer have the status asked for.
+                    if not statuses or judged["status"] in statuses:
+                        out.append(job_json(judged))
+            if len(page) < LIST_PAGE:
+                break
+            before = page[-1]["rowid"] - 1
+        return out
+
     def first_started_since(self, run_key: str, since: float) -> dict[str, Any] | None:
         """The status of the first job of ``run_key`` started at or after ``since``, if any.
 
@@ -422,19 +478,14 @@ class Jobs:
         """
         stopping = lifecycle.STOPPING[status]
         row = self._find(run_key, job_id)
-        refused = lifecycle.may_stop(row)
-        if refused:
-            raise InvalidState(refused, job_id=row["job_id"], run_key=row["run_key"], status=row["status"])
+        if row["status"] in ACTIVE_JOB_STATUSES:
+            refused = lifecycle.may_stop(row)
+            if refused:
+                raise InvalidState(refused, job_id=row["job_id"], run_key=row["run_key"], status=row["status"])
         with self.store.write() as db:
             row = lifecycle.settle_locked(db, row["job_id"])
-            if row["status"] not in ACTIVE_JOB_STATUSES:
-                raise InvalidState(
-                    f"Job is not running: {row['job_id']} status={row['status']} (only an active job can be stopped)",
-                    job_id=row["job_id"],
-                    run_key=row["run_key"],
-                    status=row["status"],
-                )
-            signal_tree = lifecycle.request_stop(db, row, status, reason, grace)
+            ended = row["status"] not in ACTIVE_JOB_STATUSES
+            signal_tree = not ended and lifecycle.request_stop(db, row, status, reason, grace)
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
         told = False
         if signal_tree:
@@ -443,11 +494,16 @@ class Jobs:
         out = job_json(row)
         # The spec's signal report. The supervisor sends the signals now, each process gets one TERM.
         out["sent_term_worker"] = told
-        out["sent_term_target"] = row["target_pid"] is not None and not out["stop_too_late"]
+        out["sent_term_target"] = not ended and row["target_pid"] is not None and not out["stop_too_late"]
         out["sent_kill_target"] = bool(row["tree_killed"])
         out["sent_kill_worker"] = False
         out["aborted" if status == "ABORTED" else "cancelled"] = row["status"] == status
         out["stopping"] = row["status"] == stopping or row["status"] in lifecycle.STOPPED
+        # Stopping a job that had already ended is not an error (every stop of the three tools
+        # follows this rule): nothing is signalled or recorded, the job is reported as it is.
+        out["already_ended"] = ended
+        if ended and row["status"] != status:
+            out["already_finished"] = True  # what a provider hook made of the older exit 4
         return out
 
     def _await_stop(self, row: sqlite3.Row, grace: float, wait: float) -> sqlite3.Row:
@@ -625,6 +681,13 @@ class Jobs:
                 [(k, k) for k in keys],
             )
         return rows
+
+    # ------------------------------------------------------------------ stats
+    def stats(self, hours: float) -> dict[str, Any]:
+        """The operations summary of this home (read-only; see stats.py)."""
+        from .stats import collect
+
+        return collect(self, hours)
 
     # ------------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:

@@ -171,3 +171,76 @@ def parse_poll_requests(data: Any) -> list[dict[str, Any]]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"--batch entry {i}: {field} must be an integer")
     return data
+
+
+# `--exit-code`: a finished job without an exit code of its own. The command's own
+# codes are 0-255 (a signal N reads 128 + N, as in a shell); these two follow `timeout`'s
+# and `env`'s convention of codes a wrapper reserves for itself.
+EXIT_LOST = 124  # LOST: the outcome is unknown, the command may have completed
+EXIT_NO_OUTCOME = 125  # ABORTED, CANCELLED (stopped on request) or NEVER_LAUNCHED (never ran)
+
+
+def exit_status(job: dict[str, Any]) -> int:
+    """The process exit code that passes a finished job's outcome on (`start --sync --exit-code`)."""
+    status, code = job["status"], job["exit_code"]
+    if status == "SUCCEEDED":
+        return 0
+    if status == "LOST":
+        return EXIT_LOST
+    if status == "FAILED" and code is not None:
+        return 128 - code if code < 0 else min(code, 255)
+    if status == "FAILED":
+        return 1  # recorded without an exit code (an older outcome record): a failure all the same
+    return EXIT_NO_OUTCOME
+
+
+# ------------------------------------------------------------------ tables
+JOB_COLUMNS = ("Job id", "Run key", "#", "Status", "Exit", "Started", "Elapsed", "Labels", "Error")
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    """Several jobs (`list`, `status --running/--all`, several selectors), one row each."""
+    from .table import elapsed, fmt_time, render
+
+    rows = [
+        (
+            j.get("job_id"),
+            j.get("run_key"),
+            j.get("attempt_no"),
+            j.get("status") or "NOT FOUND",
+            j.get("exit_code"),
+            fmt_time(j.get("started_at")),
+            elapsed(j.get("started_at"), j.get("finished_at")),
+            ",".join(f"{k}={v}" for k, v in (j.get("labels") or {}).items()),
+            j.get("error"),
+        )
+        for j in jobs
+    ]
+    return render(JOB_COLUMNS, rows, caps={"Labels": 60, "Error": 60})
+
+
+def job_fields(job: dict[str, Any]) -> str:
+    """One job as ``name: value`` lines (`status --format table`)."""
+    import shlex
+
+    from .table import elapsed, fmt_time, render_fields
+
+    pairs = [
+        ("Job id", job["job_id"]),
+        ("Run key", job["run_key"]),
+        ("Attempt", job["attempt_no"]),
+        ("Status", job["status"]),
+        ("Exit code", job["exit_code"]),
+        ("Error", job["error"]),
+        ("Command", shlex.join(job["command"])),
+        ("Started", fmt_time(job["started_at"])),
+        ("Finished", fmt_time(job["finished_at"])),
+        ("Elapsed", elapsed(job["started_at"], job["finished_at"])),
+        ("PID", job["pid"]),
+        ("Reuse policy", job["reuse_policy"]),
+        ("Labels", ", ".join(f"{k}={v}" for k, v in job["labels"].items())),
+        ("Stop reason", job["abort_reason"]),
+        ("Stdout", job["stdout_file"]),
+        ("Stderr", job["stderr_file"]),
+    ]
+    return render_fields(pairs)

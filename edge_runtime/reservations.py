@@ -111,6 +111,55 @@ def reservation_json(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
+def _lateness(res: dict[str, Any], t: float) -> float | None:
+    """How long a RESERVED reservation has been due without being dispatched (None when not due)."""
+    due = res["not_before"] if res["not_before"] is not None else res["created_at"]
+    if res["reservation_status"] != "RESERVED" or due is None or due > t:
+        return None
+    return t - due
+
+
+def reservations_table(items: list[dict[str, Any]]) -> str:
+    """Reservations one per row (`list --format table`); Late: how long a due one waits for dispatch."""
+    from .table import fmt_duration, fmt_time, render
+
+    t = now()
+    rows = [
+        (r["reservation_id"], r["run_key"], r["reservation_status"], fmt_time(r["not_before"]),
+         fmt_duration(_lateness(r, t)), r["job_id"], r["last_error"] or r["cancel_reason"])
+        for r in items
+    ]  # fmt: skip
+    return render(("Reservation id", "Run key", "Status", "Not before", "Late", "Job id", "Error / reason"), rows,
+                  caps={"Error / reason": 60})  # fmt: skip
+
+
+def reservation_fields(out: dict[str, Any]) -> str:
+    """`status --format table`: the reservation (and with --include-job its job) as ``name: value`` lines."""
+    import shlex
+
+    from .table import fmt_duration, fmt_time, render_fields
+
+    r = out["reservation"]
+    pairs = [
+        ("Reservation id", r["reservation_id"]),
+        ("Run key", r["run_key"]),
+        ("Status", r["reservation_status"]),
+        ("Command", shlex.join(str(c) for c in r["command"] or [])),
+        ("Not before", fmt_time(r["not_before"])),
+        ("Expires", fmt_time(r["expires_at"])),
+        ("Late", fmt_duration(_lateness(r, now()))),
+        ("Created", fmt_time(r["created_at"])),
+        ("Dispatched", fmt_time(r["dispatched_at"])),
+        ("Job id", r["job_id"]),
+        ("Last error", r["last_error"]),
+        ("Cancel reason", r["cancel_reason"]),
+    ]
+    job = out.get("job")
+    if job:
+        pairs += [("Job status", job.get("status")), ("Job exit code", job.get("exit_code"))]
+    return render_fields(pairs)
+
+
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
@@ -279,9 +328,13 @@ class Reservations:
             ).rowcount
             current = self._by_id_locked(db, row["reservation_id"])
         if changed:
-            return {"cancelled": True, "reservation": reservation_json(current)}
+            return {"cancelled": True, "already_ended": False, "reservation": reservation_json(current)}
         if current["job_id"] is not None:
             return None
+        if current["status"] == "CANCELLED":
+            # Cancelling what is already cancelled succeeds and changes nothing (the stop rule of all three
+            # tools); `cancelled` says the reservation is cancelled, as `orchesjob cancel` says it of a job.
+            return {"cancelled": True, "already_ended": True, "reservation": reservation_json(current)}
         raise CannotCancel(
             f"Cannot cancel reservation in status {current['status']} without job_id",
             reservation_id=current["reservation_id"],

@@ -152,3 +152,11 @@ def parse_seconds(text: str, option: str, *, allow_zero: bool = True) -> float:
     if value > MAX_DURATION_S:
         raise UsageError(f"{option}: {text!r} seconds is too long; at most {MAX_DURATION_S:.0f} (100 years)")
     return value
+
+
+def parse_since(text: str, option: str) -> float:
+    """A lower time bound: an age with a unit (``90s``, ``30m``, ``2h``, ``7d``: that long ago), or
+    a datetime (epoch seconds or ISO 8601). A bare number is epoch seconds, never an age."""
+    if text.strip()[-1:].lower() in ("s", "m", "h", "d"):
+        return parse_age(text, option)
+    return parse_datetime(text, option)

@@ -211,6 +211,21 @@ def write_text(text: str) -> None:
     sys.stdout.flush()
 
 
+def add_format_option(p: argparse.ArgumentParser) -> None:
+    """``--format json|table`` of the listing and status commands of the three CLIs."""
+    p.add_argument(
+        "--format", choices=("json", "table"), default="json", help="json (default, for scripts) or table (for people)"
+    )
+
+
+def show(obj: Any, fmt: str, table: Callable[[Any], str], printer: Callable[[Any], None] = emit) -> None:
+    """Print ``obj`` with ``printer`` (the tool's JSON layout), or as ``table(obj)`` for --format table."""
+    if fmt == "table":
+        write_text(table(obj))
+    else:
+        printer(obj)
+
+
 def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str] | None:
     """``KEY=VALUE`` strings (from repeatable --env) to a dict.
 

@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError
-from .common import Parser, run_cli, seconds_type, write_text
+from .common import Parser, add_format_option, run_cli, seconds_type, show, write_text
 from .common import emit_line as emit  # every command prints one line, as the public orchesjob-flow
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -21,9 +21,12 @@ Daemonless local flow runner: runs a small dependency graph of commands, each
 step through orchesjob, with the flow state in SQLite.
 
 State: --db, else $ORCHESJOB_FLOW_HOME/orchesjob-flow.sqlite3, else
-$ORCHESJOB_HOME/orchesjob-flow.sqlite3, else ~/.local/share/orchesjob-flow/.
+$ORCHESJOB_HOME/orchesjob-flow.sqlite3, else orchesjob-flow.sqlite3 in the state
+home orchesjob uses (`orchesjob info` prints it; a user whose runs are still in
+~/.local/share/orchesjob-flow/ keeps that until they are moved).
 Exit codes: 0 success (start/watch: flow SUCCEEDED), 1 flow FAILED or CANCELLED,
 2 invalid flow / arguments / state (JSON error on stderr), 130 interrupted.
+Cancelling a run that has already ended succeeds (exit 0, "already_ended": true).
 """
 
 EXAMPLE_FLOW = """\
@@ -95,6 +98,12 @@ def build_parser() -> Parser:
         help="who started the run (repeatable; not for secrets); kept from the run's creation, shown in "
         "`status` and selectable with `list --label`",
     )
+    p.add_argument(
+        "--format",
+        choices=("json", "table"),
+        help="foreground only: table prints a line per step transition as it happens and the status table at "
+        "the end; json prints the final state as one JSON line. Default: table on a terminal, else json",
+    )
     p.add_argument("flow_file", metavar="FLOW_FILE", help="YAML or JSON flow definition, or - for stdin")
 
     p = sub.add_parser("list", help="list flow runs, newest first")
@@ -103,6 +112,7 @@ def build_parser() -> Parser:
         "--label", metavar="KEY=VALUE", action="append", help="only runs carrying this label (repeatable: all of them)"
     )
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N runs without --active (default 100)")
+    add_format_option(p)
 
     p = sub.add_parser(
         "status",
@@ -126,7 +136,12 @@ def build_parser() -> Parser:
         help="also advance the run (takes the advancer lease when no live advancer holds it)",
     )
 
-    p = sub.add_parser("cancel", help="cancel a run and abort its running steps")
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a run and abort its running steps",
+        description="Cancel the run and its unfinished steps, then abort the steps' running jobs. A run that "
+        'has already ended is printed as it is: exit 0, "cancelled": false, "already_ended": true.',
+    )
     p.add_argument("--run-key", metavar="KEY", required=True)
     p.add_argument("--grace-seconds", type=seconds_type("--grace-seconds"), default=None, metavar="SECONDS")
 
@@ -193,6 +208,20 @@ def safe_key(run_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key).strip("_") or "flow"
 
 
+def _table(payload: dict[str, Any]) -> str:
+    # flow_display imports the definition and expression modules: only for a person's table,
+    # never on the JSON `status` a remote poll makes.
+    from ..flow_display import render_table
+
+    return render_table(payload)
+
+
+def _runs_table(runs: dict[str, Any]) -> str:
+    from ..flow_display import runs_table
+
+    return runs_table(runs["runs"])
+
+
 def _exit_for(status: str) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
@@ -226,6 +255,8 @@ def main(argv: list[str]) -> int:
         from .common import parse_labels
 
         args.labels = parse_labels(args.label)
+    if args.cmd == "start" and args.detach and args.format is not None:
+        raise UsageError("--format is for a foreground start (a detached one prints its JSON reply)")
     if args.cmd == "list" and not 1 <= args.limit <= 100000:
         raise UsageError("--limit must be between 1 and 100000")
     flows = FlowStore(db_path(args), check_dir=not args.db)
@@ -237,7 +268,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "list":
         try:
-            emit({"runs": flows.list_runs(active=args.active, labels=args.labels, limit=args.limit)})
+            runs = {"runs": flows.list_runs(active=args.active, labels=args.labels, limit=args.limit)}
+            show(runs, args.format, _runs_table, emit)
         finally:
             flows.close()
         return 0
@@ -280,12 +312,7 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
         payload = flows.payload(args.run_key)
         if resumed is not None:
             payload["advancer_resumed"] = resumed
-        if args.format == "table":
-            from ..flow_display import render_table
-
-            write_text(render_table(payload))
-        else:
-            emit(payload)
+        show(payload, args.format, _table, emit)
         return 0
     if cmd == "watch":
         return _watch(args, flows, client)
@@ -323,20 +350,32 @@ def _dispatch(args: argparse.Namespace, flows: Any, client: Any) -> int:
 def _run_or_detach(
     args: argparse.Namespace, flows: Any, client: Any, state: str, extra: dict[str, Any] | None = None
 ) -> int:
+    from ..flow_display import render_table
     from ..flow_engine import FLOW_TERMINAL, run_flow
+    from ..table import is_tty
 
     run = flows.run_row(args.run_key)
+    fmt = getattr(args, "format", None) or ("table" if not args.detach and is_tty() else "json")
     if run["status"] in FLOW_TERMINAL:
         # Resuming a finished run changes nothing; report it (use `repair` to re-run).
         payload = flows.payload(args.run_key)
         payload["resumed"] = state
-        emit(payload)
+        show(payload, fmt, render_table, emit)
         return _exit_for(run["status"])
     if not args.detach:
-        status = run_flow(flows, args.run_key, client, args.poll_interval, role="start")
+        progress = None
+        if fmt == "table":
+            from ..flow_display import Progress
+
+            lines = Progress()
+
+            def progress() -> None:
+                write_text("".join(f"{line}\n" for line in lines.lines(flows.payload(args.run_key))))
+
+        status = run_flow(flows, args.run_key, client, args.poll_interval, role="start", progress=progress)
         payload = flows.payload(args.run_key)
         payload.update(extra or {})
-        emit(payload)
+        show(payload, fmt, lambda p: "\n" + render_table(p), emit)
         return _exit_for(status)
     flows.mark_running(args.run_key)
     holder = flows.holder(args.run_key)

@@ -7,17 +7,20 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError
+from ..schema import ACTIVE_JOB_STATUSES
 from ..timefmt import parse_duration, parse_seconds
 from .common import (
     Deferred,
     Parser,
     add_clean_options,
+    add_format_option,
     clean_window,
     emit,
     merge_env,
     parse_labels,
     read_json_input,
     run_cli,
+    show,
 )
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -26,16 +29,25 @@ if TYPE_CHECKING:
     from typing import Any
 
 DESCRIPTION = """\
-Idempotent one-shot job runner. Every command prints JSON on stdout; errors are
-one JSON object on stderr. Exit codes: 0 success, 1 general error (for `result`:
-the job finished unsuccessfully), 2 invalid arguments, 3 job/run key not found,
-4 invalid or inconsistent state (for `result`: not finished yet), 5 lock error.
+Idempotent one-shot job runner. Every command prints JSON on stdout (status, list
+and stats print a table with --format table); errors are one JSON object on
+stderr. Exit codes: 0 success, 1 general error (for `result`: the job finished
+unsuccessfully), 2 invalid arguments, 3 job/run key not found, 4 invalid or
+inconsistent state (for `result`: not finished yet), 5 lock error. Stopping a
+job that has already ended succeeds (exit 0, "already_ended": true).
 
-State lives in $ORCHESJOB_HOME (orchesjob.db, logs/); without it, /var/lib/orchesjob
-when this user may write there, else ~/.local/share/orchesjob. `orchesjob info`
-prints the resolved paths. ORCHESJOB_SYSTEMD_SCOPE=1 runs each started job in its
-own systemd scope orchesjob-<job id>.scope (refused when no user manager is
-reachable); =auto only where one is.
+State lives in $ORCHESJOB_HOME (orchesjob.db, logs/), shared with orchesjob-reserver
+and orchesjob-flow; without it, /var/lib/orchesjob when this user may write there,
+else ~/.local/share/orchesjob. `orchesjob info` prints the resolved paths.
+ORCHESJOB_SYSTEMD_SCOPE=1 runs each started job in its own systemd scope
+orchesjob-<job id>.scope (refused when no user manager is reachable); =auto only
+where one is.
+
+examples (a host owner's terminal):
+  orchesjob list --status FAILED --since 24h --format table
+  orchesjob status --running --format table
+  orchesjob logs --run-key nightly-backup --follow
+  orchesjob stats --hours 6 --format table
 """
 
 START_EPILOG = """\
@@ -55,6 +67,15 @@ examples:
   orchesjob start --run-key import-2026-05-02 --reuse-policy failed-only \\
       --cwd /srv/app --env MODE=full --timeout 2h -- ./import.sh --date 2026-05-02
 """
+
+
+def _exit_code_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help=f"{what} exit with the job's outcome instead of 0: its own exit code (a signal N: 128+N), "
+        "124 if LOST (outcome unknown), 125 if ABORTED, CANCELLED or NEVER_LAUNCHED",
+    )
 
 
 def _selector(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -150,7 +171,46 @@ def build_parser() -> Parser:
         "version is N; the reply then also carries the runtime's version and capabilities, so a remote "
         "caller needs no separate `info` call (put it first: older runtimes refuse it as unknown)",
     )
+    _exit_code_option(p, "with --sync:")
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    p = sub.add_parser(
+        "list",
+        help="list jobs, newest first, by status, run key prefix and start time",
+        description='Jobs newest first (in the order they were created) as {"jobs": [...]}, each the object '
+        "`status` prints. Filters combine (all must hold).",
+    )
+    p.add_argument(
+        "--status",
+        metavar="STATUS",
+        action="append",
+        help="only jobs in this status (repeatable: any of them), e.g. RUNNING, FAILED, LOST",
+    )
+    p.add_argument("--run-key-prefix", metavar="PREFIX", help="only run keys starting with PREFIX")
+    p.add_argument(
+        "--since",
+        metavar="DURATION|TIME",
+        help="only jobs started since then: an age with a unit (30m, 24h, 7d) or a time (epoch seconds, ISO 8601)",
+    )
+    p.add_argument(
+        "--label", metavar="KEY=VALUE", action="append", help="only jobs carrying this label (repeatable: all of them)"
+    )
+    p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N jobs (default: 100)")
+    add_format_option(p)
+
+    p = sub.add_parser(
+        "stats",
+        help="operations summary: running, oldest, stuck, failures by run key, LOST, log disk use, reservations",
+        description="Read-only summary of this state home: jobs by status, running now and the oldest, stuck "
+        "jobs (supervisor gone; a stop still not done after its grace + 10 s; STARTING for over 60 s), "
+        "failures (FAILED, LOST) in the last --hours by run key, LOST jobs, disk used by logs/, and, when "
+        "their databases are in the same home, pending reservations (how late the due ones are) and "
+        "active flow runs. Nothing is settled or signalled.",
+    )
+    p.add_argument(
+        "--hours", metavar="N", type=float, default=24.0, help="window for failures and LOST jobs (default: 24)"
+    )
+    add_format_option(p)
 
     p = sub.add_parser(
         "status",
@@ -179,6 +239,7 @@ def build_parser() -> Parser:
         "--max-bytes", metavar="N", type=int, default=65536, help="maximum bytes per log chunk (default: 65536)"
     )
     p.add_argument("--batch", metavar="FILE", help="JSON array of lookups with log offsets ('-' = stdin)")
+    add_format_option(p)
 
     p = sub.add_parser(
         "result",
@@ -186,9 +247,15 @@ def build_parser() -> Parser:
     )
     _selector(p)
 
-    p = sub.add_parser("logs", help="print the stdout or stderr of a job")
+    p = sub.add_parser("logs", help="print the stdout or stderr of a job (--follow: as it runs)")
     _selector(p)
     p.add_argument("--stream", choices=("stdout", "stderr"), default="stdout", help="which stream (default: stdout)")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing what the job writes until it has ended (a log not written yet is waited for), then exit 0",
+    )
+    _exit_code_option(p, "with --follow:")
 
     p = sub.add_parser(
         "clean",
@@ -223,6 +290,8 @@ def build_parser() -> Parser:
             f"the grace period, and record {verb} only when nothing of the tree is alive. Waits up to --wait "
             f"seconds for that; if the reply still says {stopping}, poll `status` (or resend: harmless). "
             "If the command finished on its own first, its real outcome is kept and stop_too_late is true. "
+            "A job that had already ended is reported as it is, exit 0, with already_ended true (and "
+            f"already_finished true unless it is {verb}). "
             "A job whose processes belong to another user is refused (exit 4), nothing recorded.",
         )
         _selector(p)
@@ -244,6 +313,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("rerun", help="start a new execution of a finished job, regardless of strict mode")
     _selector(p)
     p.add_argument("--sync", action="store_true", help="block until the new job finishes")
+    _exit_code_option(p, "with --sync:")
     p.add_argument("--reason", metavar="TEXT", help="rerun reason stored in the job record")
     p.add_argument("--start-timeout", metavar="SECS", default="10", help="seconds async rerun waits (default: 10)")
 
@@ -266,23 +336,43 @@ def main(argv: list[str]) -> int:
             raise UsageError(
                 "orchesjob start: command is required (provide it after --), e.g. start --run-key K -- CMD ARGS"
             )
+        _need_sync(args)
         if args.expect_major is not None:
             from .. import check_caller_major
 
             check_caller_major(args.expect_major)
-        reply = jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args))
+        job = jobs.start(command, args.run_key, sync=args.sync, request_id=args.request_id, **start_kwargs(args))
+        if args.exit_code and job["status"] in ACTIVE_JOB_STATUSES:
+            # An active attempt of the run key was returned (not started, so not waited for): wait for
+            # its outcome too, since that is what the caller's exit code is to say.
+            job.update(jobs.wait(job["job_id"]))
         if args.expect_major is not None:
             from .. import runtime_summary
 
-            reply["runtime"] = runtime_summary()
-        emit(reply)
+            job["runtime"] = runtime_summary()
+        emit(job)
+        return _outcome(job, args.exit_code)
     elif cmd == "status":
         return _status(jobs, args)
+    elif cmd == "list":
+        return _list(jobs, args)
+    elif cmd == "stats":
+        if not 0 < args.hours <= 24 * 366:
+            raise UsageError("--hours must be > 0 and at most 8784 (a year)")
+        from ..stats import render_stats
+
+        show(jobs.stats(args.hours), args.format, render_stats)
     elif cmd == "result":
         job = jobs.result(args.run_key, args.job_id)
         emit(job)
         return 0 if job["status"] == "SUCCEEDED" else 1
     elif cmd == "logs":
+        if args.exit_code and not args.follow:
+            raise UsageError("--exit-code needs --follow (the outcome is known once the job has ended)")
+        if args.follow:
+            from ..follow import follow
+
+            return _outcome(follow(jobs, args.stream, args.run_key, args.job_id, sys.stdout.buffer), args.exit_code)
         path = jobs.log_path(args.stream, args.run_key, args.job_id)
         _copy_file(path)
     elif cmd == "clean":
@@ -311,23 +401,60 @@ def main(argv: list[str]) -> int:
         ttl = parse_duration(args.ttl, "--ttl") if args.ttl is not None else None  # "" is refused, not "no ttl"
         emit(jobs.unlock(args.run_key, args.reason, ttl))
     elif cmd == "rerun":
-        emit(
-            jobs.rerun(
-                args.run_key,
-                args.job_id,
-                sync=args.sync,
-                reason=args.reason,
-                start_timeout=parse_seconds(args.start_timeout, "--start-timeout"),
-            )
+        _need_sync(args)
+        job = jobs.rerun(
+            args.run_key,
+            args.job_id,
+            sync=args.sync,
+            reason=args.reason,
+            start_timeout=parse_seconds(args.start_timeout, "--start-timeout"),
         )
+        emit(job)
+        return _outcome(job, args.exit_code)
     elif cmd == "info":
         emit(jobs.info())
+    return 0
+
+
+def _need_sync(args: argparse.Namespace) -> None:
+    if args.exit_code and not args.sync:
+        raise UsageError("--exit-code needs --sync (an async start returns before the job has an outcome)")
+
+
+def _outcome(job: dict[str, Any], exit_code: bool) -> int:
+    """0, or with --exit-code the job's outcome as an exit code (jobview.exit_status)."""
+    if not exit_code:
+        return 0
+    from ..jobview import exit_status
+
+    return exit_status(job)
+
+
+def _list(jobs, args) -> int:
+    from ..store import validate_run_key
+    from ..timefmt import parse_since
+
+    since = parse_since(args.since, "--since") if args.since is not None else None
+    if args.run_key_prefix is not None:
+        validate_run_key(args.run_key_prefix)
+    found = jobs.list_jobs(
+        statuses=args.status or (),
+        run_key_prefix=args.run_key_prefix,
+        since=since,
+        labels=parse_labels(args.label),
+        limit=args.limit,
+    )
+    from ..jobview import jobs_table
+
+    show({"jobs": found}, args.format, lambda o: jobs_table(o["jobs"]))
     return 0
 
 
 def _status(jobs, args) -> int:
     keys, ids = args.run_key or [], args.job_id or []
     chunks = args.stdout_offset is not None or args.stderr_offset is not None
+    if args.format == "table" and (args.batch is not None or chunks):
+        raise UsageError("--format table cannot be combined with --batch or log offsets (they are for pollers)")
     if args.batch is not None:
         if keys or ids or args.running or args.all or chunks:
             raise UsageError("--batch cannot be combined with other selectors or offsets")
@@ -337,29 +464,31 @@ def _status(jobs, args) -> int:
         return 0
     if args.label and not args.running:
         raise UsageError("--label selects among --running jobs only")
+    from ..jobview import job_fields, jobs_table
+
     if args.running:
         if keys or ids or args.all or chunks:
             raise UsageError("--running cannot be combined with other selectors")
-        emit(jobs.running(parse_labels(args.label)))
+        show(jobs.running(parse_labels(args.label)), args.format, jobs_table)
         return 0
     if not keys and not ids:
         raise UsageError("orchesjob status: one of the arguments --run-key --job-id --running is required")
     if args.all:
         if len(keys) != 1 or ids or chunks:
             raise UsageError("status --all requires --run-key: exactly one, and no other selector")
-        emit(jobs.history(keys[0]))
+        show(jobs.history(keys[0]), args.format, jobs_table)
         return 0
     if len(keys) + len(ids) > 1:
         if chunks:
             raise UsageError("--stdout-offset/--stderr-offset need a single --run-key or --job-id")
-        emit(jobs.status_many(keys, ids))
+        show(jobs.status_many(keys, ids), args.format, jobs_table)
         return 0
     job = jobs.status(keys[0] if keys else None, ids[0] if ids else None)
     if chunks:
         from ..jobview import add_log_chunks
 
         add_log_chunks(job, args.stdout_offset, args.stderr_offset, args.max_bytes)
-    emit(job)
+    show(job, args.format, job_fields)
     return 0
 
 

@@ -13,7 +13,17 @@ import sys
 
 from .. import __version__
 from ..errors import OrchesError, UsageError
-from .common import Parser, add_clean_options, clean_window, emit, run_cli, seconds_type, split_command
+from .common import (
+    Parser,
+    add_clean_options,
+    add_format_option,
+    clean_window,
+    emit,
+    run_cli,
+    seconds_type,
+    show,
+    split_command,
+)
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
@@ -38,11 +48,13 @@ DESCRIPTION = """\
 Reserve a job now (from Airflow, cron, CI, SSH ...) and let this host dispatch
 it to orchesjob at or after --not-before, even when nobody is connected then.
 
-Every command prints JSON on stdout; errors are one JSON object on stderr.
+Every command prints JSON on stdout (status and list print a table with
+--format table); errors are one JSON object on stderr.
 `result` and `cancel` of a dispatched reservation print what orchesjob prints.
 Exit codes: 0 success, 1 general error, 2 invalid arguments, 4 reservation not
 found, 5 not dispatched yet (no job_id) / another dispatcher holds the
-database, 6 cannot cancel in the current state. `result` passes on the exit
+database, 6 cannot cancel in the current state (cancelling what has already
+ended is success: "already_ended": true). `result` passes on the exit
 code of `orchesjob result` (0 succeeded, 1 failed, 3 job gone, 4 not finished).
 
 Database: --db, else $ORCHESJOB_RESERVER_HOME/reserver.sqlite3, else
@@ -188,13 +200,19 @@ def build_parser() -> Parser:
     _common(p)
     _selector(p)
     p.add_argument("--include-job", action="store_true", help="also include orchesjob status of the job")
+    add_format_option(p)
 
     p = sub.add_parser("result", help="orchesjob result of the reservation's job")
     _common(p)
     _selector(p)
 
     p = sub.add_parser(
-        "cancel", help="cancel a pending reservation, or cancel the job of a dispatched one through orchesjob"
+        "cancel",
+        help="cancel a pending reservation, or cancel the job of a dispatched one through orchesjob",
+        description="Cancel a pending (RESERVED, EXPIRED, DISPATCH_FAILED) reservation, or the job of a "
+        "dispatched one through `orchesjob cancel`. Cancelling what has already ended (a CANCELLED "
+        "reservation, a dispatched one whose job ended) succeeds and changes nothing: exit 0, "
+        '"already_ended": true. A DISPATCHING reservation cannot be cancelled yet (exit 6).',
     )
     _common(p)
     _selector(p)
@@ -208,6 +226,7 @@ def build_parser() -> Parser:
     _common(p)
     p.add_argument("--status", choices=STATUSES, help="only this reservation status")
     p.add_argument("--limit", metavar="N", type=int, default=50, help="maximum number of records (default: 50)")
+    add_format_option(p)
 
     p = sub.add_parser(
         "clean",
@@ -302,7 +321,10 @@ def main(argv: list[str]) -> int:
     if cmd == "list":
         if not 0 <= args.limit <= MAX_LIST_LIMIT:
             raise UsageError(f"--limit must be between 0 and {MAX_LIST_LIMIT}", value=args.limit)
-        emit({"reservations": Reservations(args.db).list(args.status, args.limit)})
+        from ..reservations import reservations_table
+
+        found = {"reservations": Reservations(args.db).list(args.status, args.limit)}
+        show(found, args.format, lambda o: reservations_table(o["reservations"]))
         return 0
 
     if cmd == "clean":
@@ -327,7 +349,9 @@ def main(argv: list[str]) -> int:
         out: dict[str, Any] = {"reservation": reservation_json(row)}
         if args.include_job:
             out["job"] = _job_status(client(), row) if row["job_id"] else None
-        emit(out)
+        from ..reservations import reservation_fields
+
+        show(out, args.format, reservation_fields)
         return 0
     if cmd == "result":
         if row["job_id"] is None:

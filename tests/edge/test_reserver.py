@@ -264,12 +264,14 @@ def test_global_start_options_apply(runner):
 # ---------------------------------------------------------------------- cancel
 def test_cancel_in_each_state(runner):
     future = str(time.time() + 3600)
-    # RESERVED -> CANCELLED; again -> 6
+    # RESERVED -> CANCELLED; again -> success that changes nothing (already_ended)
     reserve(runner, "c-res", "--not-before", future)
     out = runner.ok("cancel", "--run-key", "c-res", tool=RES)
     assert out["cancelled"] is True and out["reservation"]["reservation_status"] == "CANCELLED"
-    r = runner.run(RES, "cancel", "--run-key", "c-res")
-    assert r.code == 6 and r.error["error_type"] == "cannot_cancel"
+    assert out["already_ended"] is False
+    again = runner.ok("cancel", "--run-key", "c-res", tool=RES)
+    assert again["cancelled"] is True and again["already_ended"] is True
+    assert again["reservation"]["reservation_status"] == "CANCELLED"
     # the dispatcher never starts a cancelled reservation
     reserve(runner, "c-now")
     runner.ok("cancel", "--run-key", "c-now", tool=RES)
@@ -290,10 +292,11 @@ def test_cancel_in_each_state(runner):
     assert out["cancelled"] is True and out["status"] == "CANCELLED"
     assert res_status(runner, "c-run")["reservation_status"] == "DISPATCHED"
     assert runner.ok("status", "--run-key", "c-run")["status"] == "CANCELLED"
-    # DISPATCHED whose job already finished -> 6
-    wait_job_done(runner, res_status(runner, "c-done")["job_id"])
-    r = runner.run(RES, "cancel", "--run-key", "c-done")
-    assert r.code == 6 and r.error["job_id"]
+    # DISPATCHED whose job already finished -> orchesjob's reply: the job as it is, already_ended
+    job_id = res_status(runner, "c-done")["job_id"]
+    wait_job_done(runner, job_id)
+    out = runner.ok("cancel", "--run-key", "c-done", tool=RES)
+    assert out["job_id"] == job_id and out["already_ended"] is True and out["status"] == "SUCCEEDED"
     r = runner.run(RES, "cancel", "--run-key", "missing")
     assert r.code == 4
 
