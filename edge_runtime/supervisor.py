@@ -255,6 +255,10 @@ class _Tree:
             return
         self.term_at = time.monotonic()
         self.grace = grace
+        if self.childless:
+            # Nothing of the tree is alive (see the class docstring), and the common end of a
+            # job need not pay a walk of every process on the host (~70 ms of CPU at 3,000).
+            return
         snap = self.snapshot()
         proctree.send(snap.pids + snap.nested, signal.SIGTERM)
 
