@@ -164,7 +164,6 @@ class Bench:
             clone_rows(os.path.join(home, "reserver.sqlite3"), "reservations", "run_key = 'template'", n - 1,
                        {"run_key": "pending-{i}", "reservation_id": "pending-id-{i}"})  # fmt: skip
         marks = os.path.join(home, "started.txt")
-        t_spawn = time.monotonic()
         dispatcher = subprocess.Popen([reserver, "run", "--poll-interval", "2"], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         try:
@@ -195,7 +194,6 @@ class Bench:
             "impl": impl,
             "pending": n,
             "startup_cpu_s": round(startup_cpu, 3),
-            "settle_s": round(time.monotonic() - t_spawn, 1),
             "idle_cpu_pct": round(idle_pct, 2),
             "reserve_ms": ms(median(reserve_s)),
             "late_p50_ms": ms(median(late)) if late else None,
