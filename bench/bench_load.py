@@ -181,11 +181,19 @@ class Load:
             if kind == "clean":
                 by_kind[kind]["deleted"] = [c.get("deleted") for c in recs]
         busy = (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1]) * 100
+        # The host's busy CPU time less the calls' own: what the detached supervisors (and jobs, the
+        # bench itself, anything else on the machine) used, per job started.
+        host_s = (cpu1[0] - cpu0[0]) / os.sysconf("SC_CLK_TCK")
+        calls_s = sum(c["cpu"] for c in self.calls)
+        starts = max(1, len(self.started_keys))
         return {
             "start_rate": self.start_rate,
             "status_rate": self.args.status_rate,
             "seconds": round(elapsed, 1),
             "host_cpu_busy_pct": round(busy, 1),
+            "host_cpu_s": round(host_s, 1),
+            "calls_cpu_s": round(calls_s, 1),
+            "other_cpu_ms_per_job": round((host_s - calls_s) / starts * 1000, 1),
             "loadavg": os.getloadavg()[0],
             "calls": by_kind,
             "outcomes": self.outcomes(),
