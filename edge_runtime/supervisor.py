@@ -191,6 +191,11 @@ class _Tree:
             return
         self.term_at = time.monotonic()
         self.grace = grace
+        if self.childless:
+            # Nothing left to walk: every orphan of the tree is re-parented to us (subreaper), so
+            # no child means no descendant. Spares the common end of a job a walk of all of /proc
+            # (~50 ms of CPU on a host running 3,000 processes).
+            return
         snap = self.snapshot()
         proctree.send(snap.pids + snap.nested, signal.SIGTERM)
 
