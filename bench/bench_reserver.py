@@ -29,22 +29,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from benchlib import cpu_seconds, percentile
+
 
 def _default_ours() -> str:
     sibling = os.path.join(os.path.dirname(sys.executable), "orchesjob-reserver")
     return os.environ.get("BENCH_OURS_RESERVER") or (sibling if os.path.exists(sibling) else "orchesjob-reserver")
-
-
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, math.ceil(p / 100 * len(ordered)) - 1)
-    return ordered[k]
 
 
 def measure(name: str, reserver: str, env: dict, n: int, per_second: int, poll: float, idle: float) -> dict:
@@ -85,9 +75,9 @@ def measure(name: str, reserver: str, env: dict, n: int, per_second: int, poll: 
                     for line in f:
                         key, _, ts = line.strip().partition(" ")
                         started.setdefault(key, float(ts))
-        before = _cpu_ticks(dispatcher.pid)
+        before = cpu_seconds(dispatcher.pid)
         time.sleep(idle)
-        idle_cpu = (_cpu_ticks(dispatcher.pid) - before) / os.sysconf("SC_CLK_TCK") / idle * 100
+        idle_cpu = (cpu_seconds(dispatcher.pid) - before) / idle * 100
     finally:
         dispatcher.terminate()
         dispatcher.wait(timeout=60)
@@ -99,8 +89,8 @@ def measure(name: str, reserver: str, env: dict, n: int, per_second: int, poll: 
         "missing": n - len(late),
         "early": sum(1 for x in late if x < 0),
         "p50": statistics.median(late) if late else float("nan"),
-        "p90": _percentile(late, 90) if late else float("nan"),
-        "p99": _percentile(late, 99) if late else float("nan"),
+        "p90": percentile(late, 90) if late else float("nan"),
+        "p99": percentile(late, 99) if late else float("nan"),
         "max": max(late) if late else float("nan"),
         "idle_cpu_pct": idle_cpu,
     }

@@ -28,40 +28,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, export_ref, install, timed
+
 DEFAULT_BASELINE = "d2ed6b3"  # main before the lifecycle rewrite (issue 10)
-
-
-def install(source: str, workdir: str, name: str) -> str:
-    """Wheel of ``source`` installed into ``workdir/name``; returns its orchesjob path."""
-    venv = os.path.join(workdir, name)
-    wheels = os.path.join(workdir, name + "-wheels")
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    pip = os.path.join(venv, "bin", "pip")
-    subprocess.run([pip, "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", wheels, source], check=True)
-    wheel = next(f for f in os.listdir(wheels) if f.endswith(".whl"))
-    subprocess.run([pip, "install", "-q", "--disable-pip-version-check", os.path.join(wheels, wheel)], check=True)
-    return os.path.join(venv, "bin", "orchesjob")
-
-
-def export_ref(ref: str, dest: str) -> str:
-    os.makedirs(dest)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return dest
-
-
-def timed(argv: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.run(argv, env=env, capture_output=True)
-    elapsed = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"{argv} failed: {p.stderr.decode()[-500:]}")
-    return elapsed
 
 
 def main() -> None:
@@ -72,9 +43,10 @@ def main() -> None:
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="orchesjob-bench-startup-")
+    baseline_src = export_ref(args.baseline, os.path.join(work, "src-baseline"))
     tools = {
-        "current": install(ROOT, work, "current"),
-        "baseline": install(export_ref(args.baseline, os.path.join(work, "src-baseline")), work, "baseline"),
+        "current": os.path.join(install(ROOT, work, "current"), "orchesjob"),
+        "baseline": os.path.join(install(baseline_src, work, "baseline"), "orchesjob"),
     }
     homes = {name: os.path.join(work, "home-" + name) for name in tools}
     envs = {name: dict(os.environ, ORCHESJOB_HOME=homes[name]) for name in tools}

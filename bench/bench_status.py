@@ -18,84 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def build_ours(workdir: str) -> str:
-    """Build a wheel of the checkout and install it into a private venv; return the orchesjob path."""
-    venv = os.path.join(workdir, "ours-venv")
-    wheels = os.path.join(workdir, "wheels")
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    pip = os.path.join(venv, "bin", "pip")
-    subprocess.run([pip, "wheel", "-q", "--no-deps", "-w", wheels, ROOT], check=True)
-    wheel = [f for f in os.listdir(wheels) if f.endswith(".whl")][0]
-    subprocess.run([pip, "install", "-q", os.path.join(wheels, wheel)], check=True)
-    return os.path.join(venv, "bin", "orchesjob")
-
-
-def interpreter_of(script: str) -> str:
-    with open(script) as f:
-        first = f.readline()
-    return first[2:].strip() if first.startswith("#!") else sys.executable
+from benchlib import ROOT, add_history_ours, add_history_public, install, interpreter_of, median, seed_one, timed
 
 
 def median_ms(argv: list[str], env: dict, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        p = subprocess.run(argv, env=env, capture_output=True)
-        samples.append(time.perf_counter() - t0)
-        if p.returncode != 0:
-            raise SystemExit(f"{argv} failed ({p.returncode}): {p.stderr.decode()[:500]}")
-    return statistics.median(samples) * 1000
-
-
-def seed_one(bin_path: str, home: str) -> None:
-    env = dict(os.environ, ORCHESJOB_HOME=home)
-    subprocess.run(
-        [bin_path, "start", "--run-key", "K", "--sync", "--", "true"], env=env, check=True, stdout=subprocess.DEVNULL
-    )
-
-
-def add_history_ours(home: str, rows: int) -> None:
-    db = sqlite3.connect(os.path.join(home, "orchesjob.db"))
-    t = time.time() - 86400
-    with db:
-        db.executemany(
-            "INSERT INTO run_keys (run_key, attempts, created_at, updated_at) VALUES (?, 1, ?, ?)",
-            ((f"hist-{i}", t, t) for i in range(rows)),
-        )
-        db.executemany(
-            "INSERT INTO jobs (job_id, run_key, attempt_no, status, command, mode, reuse_policy, boot_id, "
-            "exit_code, stdout_file, stderr_file, started_at, finished_at, updated_at) "
-            "VALUES (?, ?, 1, 'SUCCEEDED', '[\"true\"]', 'async', 'always', 'old-boot', 0, ?, ?, ?, ?, ?)",
-            ((f"job-{i}", f"hist-{i}", f"/x/{i}.stdout", f"/x/{i}.stderr", t, t, t) for i in range(rows)),
-        )
-    db.close()
-
-
-def add_history_public(home: str, rows: int) -> None:
-    db = sqlite3.connect(os.path.join(home, "orchesjob.db"))
-    t = int(time.time()) - 86400
-    with db:
-        db.executemany(
-            "INSERT INTO jobs (job_id, run_key, command, status, exit_code, stdout_file, stderr_file, "
-            "started_at, finished_at, updated_at, attempt_no, strict) "
-            "VALUES (?, ?, '[\"true\"]', 'SUCCEEDED', 0, ?, ?, ?, ?, ?, 1, 0)",
-            ((f"job-{i}", f"hist-{i}", f"/x/{i}.stdout", f"/x/{i}.stderr", t, t, t) for i in range(rows)),
-        )
-        db.executemany(
-            "INSERT INTO run_keys (run_key, job_id, created_at) VALUES (?, ?, ?)",
-            ((f"hist-{i}", f"job-{i}", t) for i in range(rows)),
-        )
-    db.close()
+    return median(timed(argv, env) for _ in range(runs)) * 1000
 
 
 def main() -> None:
@@ -110,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-status-")
-    ours = args.ours_bin or build_ours(work)
+    ours = args.ours_bin or os.path.join(install(ROOT, work, "ours-venv"), "orchesjob")
     have_public = os.path.exists(args.public_bin)
     results: dict[str, float | None] = {}
 

@@ -411,7 +411,7 @@ class Reservations:
                 r[0]
                 for r in db.execute(
                     "SELECT seq FROM reservations WHERE status = 'RESERVED' AND expires_at IS NOT NULL "
-                    "AND expires_at <= ? ORDER BY seq",
+                    "AND expires_at <= ? ORDER BY expires_at, seq",
                     (t,),
                 )
             ]
@@ -423,12 +423,21 @@ class Reservations:
             return [db.execute("SELECT * FROM reservations WHERE seq = ?", (i,)).fetchone() for i in ids]
 
     def next_due(self, t: float) -> sqlite3.Row | None:
-        """The oldest RESERVED reservation that may be dispatched at ``t``."""
-        return self.store.one(
-            "SELECT * FROM reservations WHERE status = 'RESERVED' AND (not_before IS NULL OR not_before <= ?) "
-            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY COALESCE(not_before, created_at), seq LIMIT 1",
-            (t, t),
+        """The RESERVED reservation that may be dispatched at ``t`` and is due first (its ``not_before``, or
+        its creation when it has none; then insertion order)."""
+        # Two reads that each walk reservations_due in order and stop at the first row, instead of one
+        # whose ORDER BY COALESCE(...) sorted every pending reservation on every pass.
+        live = "status = 'RESERVED' AND (expires_at IS NULL OR expires_at > ?)"
+        timed = self.store.one(
+            f"SELECT * FROM reservations WHERE {live} AND not_before <= ? ORDER BY not_before, seq LIMIT 1", (t, t)
         )
+        # Among those without a not_before, insertion order is creation order (short of a clock step back).
+        now_ = self.store.one(
+            f"SELECT * FROM reservations WHERE {live} AND not_before IS NULL ORDER BY seq LIMIT 1", (t,)
+        )
+        candidates = [(r["not_before"], r["seq"], r) for r in (timed,) if r is not None]
+        candidates += [(r["created_at"], r["seq"], r) for r in (now_,) if r is not None]
+        return min(candidates, key=lambda c: c[:2])[2] if candidates else None
 
     def next_wakeup(self, t: float) -> float | None:
         """The next instant something becomes due (a not_before or an expires_at)."""

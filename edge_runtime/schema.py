@@ -212,6 +212,11 @@ RESERVER_MIGRATIONS = (
     """
     ALTER TABLE reservations ADD COLUMN cancel_reason TEXT
     """,
+    # 4: every pass of the dispatcher looks for the next expiry among the pending reservations;
+    # without this index that read every pending row (~50 ms a pass with 100,000 pending).
+    """
+    CREATE INDEX reservations_expiring ON reservations (expires_at) WHERE status = 'RESERVED'
+    """,
 )
 
 # ---------------------------------------------------------------- orchesjob-flow

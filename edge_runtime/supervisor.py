@@ -256,8 +256,9 @@ class _Tree:
         self.term_at = time.monotonic()
         self.grace = grace
         if self.childless:
-            # Nothing of the tree is alive (see the class docstring), and the common end of a
-            # job need not pay a walk of every process on the host (~70 ms of CPU at 3,000).
+            # Nothing left to walk: every orphan of the tree is re-parented to us (subreaper), so
+            # no child means no descendant. Spares the common end of a job a walk of all of /proc
+            # (~50 ms of CPU on a host running 3,000 processes).
             return
         snap = self.snapshot()
         proctree.send(snap.pids + snap.nested, signal.SIGTERM)

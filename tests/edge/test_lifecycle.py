@@ -125,6 +125,28 @@ def test_leftovers_are_stopped_after_the_main_command_exits(runner, payload):
     assert done["job_id"] == job["job_id"]
 
 
+def test_the_end_of_a_job_that_left_no_child_walks_no_proc(monkeypatch):
+    """A supervisor with no child left has no descendant (orphans are re-parented to it): the end of
+    most jobs must not pay a walk of every process on the host; one with children must still walk."""
+    from edge_runtime import supervisor
+
+    walks = []
+
+    class Walk:
+        def __init__(self, root, job_id=None):
+            walks.append(root)
+            self.pids, self.nested, self.groups = [], [], []
+
+    monkeypatch.setattr(proctree, "Snapshot", Walk)
+    alone = supervisor._Tree(main_pid=2**22 + 1, job_id="j1")
+    alone.childless = True
+    alone.terminate(1.0)
+    assert alone.term_at is not None and walks == []
+    with_children = supervisor._Tree(main_pid=2**22 + 1, job_id="j2")
+    with_children.terminate(1.0)
+    assert walks == [os.getpid()]
+
+
 def test_timeout_ends_with_the_whole_tree_gone(runner, payload):
     command = payload.command('(trap "" TERM; sleep 60) & trap "" TERM; sleep 60')
     runner.ok("start", "--run-key", "to", "--timeout", "1", "--", *command)

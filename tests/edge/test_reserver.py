@@ -241,6 +241,46 @@ def test_expiry_before_dispatch(runner):
     assert runner.oj("status", "--run-key", "exp").code == 3
 
 
+def test_due_reservations_dispatch_in_due_order_whether_timed_or_immediate(runner):
+    now = time.time()
+    reserve(runner, "b", "--not-before", str(now - 10))
+    reserve(runner, "immediate")  # no not_before: due since its creation, i.e. after a, b and c
+    reserve(runner, "a", "--not-before", str(now - 20))
+    reserve(runner, "c", "--not-before", str(now - 5))
+    reserve(runner, "later", "--not-before", str(now + 3600))
+    reserve(runner, "gone", "--not-before", str(now - 30), "--expires-at", str(now - 1))
+    started = [e["run_key"] for e in run_once(runner) if e["event"] == "dispatch_succeeded"]
+    assert started == ["a", "b", "c", "immediate"]
+
+
+def test_a_dispatcher_pass_reads_pending_reservations_through_indexes_only(runner):
+    """What a pass costs must not grow with the number of pending reservations: no statement of
+    it may scan the table or sort the pending rows (100,000 pending cost ~50 ms a pass before)."""
+    import sqlite3
+
+    from edge_runtime.reservations import Reservations
+
+    now = time.time()
+    for i, extra in enumerate((["--not-before", str(now + 3600)], ["--expires-at", str(now + 60)], [])):
+        reserve(runner, f"r{i}", *extra)
+    res = Reservations(os.path.join(runner.home, "reserver.sqlite3"))
+    statements: list[str] = []
+    res.store.conn.set_trace_callback(statements.append)
+    res.expire_due(now)
+    res.next_due(now)
+    res.next_wakeup(now)
+    res.store.conn.set_trace_callback(None)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) >= 4
+    plans = {}
+    for sql in reads:
+        plans[sql] = " | ".join(r[3] for r in res.store.conn.execute("EXPLAIN QUERY PLAN " + sql))
+    res.close()
+    for sql, plan in plans.items():
+        assert "SCAN reservations" not in plan and "TEMP B-TREE" not in plan, (sql, plan)
+    assert all(isinstance(p, str) and "reservations" in p for p in plans.values()), sqlite3.sqlite_version
+
+
 def test_dispatch_failed(runner):
     reserve(runner, "nocwd", "--orchesjob-start-option=--cwd=/nonexistent/dir")
     events = run_once(runner)
