@@ -527,6 +527,30 @@ class SSHTransport:
 
 
 # ----------------------------------------------------------------- async SSH
+def ssh_config_fallbacks(host: str, path: str = "~/.ssh/config") -> dict[str, str]:
+    """What the Airflow user's ``~/.ssh/config`` gives a connection to ``host``, on both SSH paths.
+
+    Exactly what providers-ssh's ``SSHHook`` (the workers' path) takes from it:
+    the ``ProxyCommand`` and the first ``IdentityFile`` (used only when the
+    connection names no key). The triggerer's asyncssh would otherwise apply the
+    whole file (``HostName`` aliases, ``User``, ...), so a connection would reach
+    another host, as another user, deferred than on a worker. Host, port, user and
+    host keys come from the Airflow connection alone.
+    """
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        return {}
+    import paramiko
+
+    info = paramiko.SSHConfig.from_path(path).lookup(host)
+    out = {}
+    if info.get("proxycommand"):
+        out["proxy_command"] = info["proxycommand"]
+    if info.get("identityfile"):
+        out["identity_file"] = info["identityfile"][0]
+    return out
+
+
 def _asyncssh_known_hosts(cfg: SSHConfig) -> Any:
     """asyncssh's ``known_hosts`` for one hop: None (no check), imported keys, a path, or () for its default."""
     import asyncssh
@@ -551,16 +575,21 @@ async def _asyncssh_connect(cfg: SSHConfig, tunnel: Any = None, previous: SSHCon
         "connect_timeout": cfg.conn_timeout,
         "keepalive_interval": cfg.keepalive_interval,
         "agent_path": None,
+        "config": None,  # only what the workers' path takes from ~/.ssh/config (ssh_config_fallbacks)
     }
+    fallbacks = ssh_config_fallbacks(cfg.host)
     if tunnel is not None:
         kwargs["tunnel"] = tunnel
+    elif "proxy_command" in fallbacks:
+        kwargs["proxy_command"] = fallbacks["proxy_command"]
     kh = _asyncssh_known_hosts(cfg)
     if kh != ():
         kwargs["known_hosts"] = kh
+    key_file = cfg.key_file or (None if cfg.private_key else fallbacks.get("identity_file"))
     if cfg.private_key:
         kwargs["client_keys"] = [asyncssh.import_private_key(cfg.private_key, cfg.passphrase)]
-    elif cfg.key_file:
-        kwargs["client_keys"] = [os.path.expanduser(cfg.key_file)]
+    elif key_file:
+        kwargs["client_keys"] = [os.path.expanduser(key_file)]
         if cfg.passphrase:
             kwargs["passphrase"] = cfg.passphrase
     if cfg.password:

@@ -133,7 +133,7 @@ def test_the_end_of_a_job_that_left_no_child_walks_no_proc(monkeypatch):
     walks = []
 
     class Walk:
-        def __init__(self, root, job_id=None):
+        def __init__(self, root, split_nested=False):
             walks.append(root)
             self.pids, self.nested, self.groups = [], [], []
 

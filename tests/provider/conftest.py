@@ -24,12 +24,12 @@ def wait_terminal(hook, run_key: str, timeout: float = 60) -> dict:
         time.sleep(0.1)
 
 
-def set_connection(conn_id: str, server: SSHServer, **extra) -> str:
-    """Register an Airflow ``ssh`` connection through an AIRFLOW_CONN_* variable."""
+def set_connection(conn_id: str, server: SSHServer, host: str | None = None, **extra) -> str:
+    """Register an Airflow ``ssh`` connection through an AIRFLOW_CONN_* variable (to ``host``, default the server's)."""
     os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
         {
             "conn_type": "ssh",
-            "host": server.host,
+            "host": host or server.host,
             "port": server.port,
             "login": server.user,
             "extra": server.connection_extra(**extra),
