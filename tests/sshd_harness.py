@@ -6,6 +6,9 @@
 * a client key pair and a real known_hosts file,
 * the edge runtime pipx-installed for that user from a wheel of this checkout
   (so it lands in ~/.local/bin, which non-interactive SSH does not put on PATH).
+
+Several servers (a fleet of "hosts", each its own user) share one wheel: build it
+once with :func:`build_wheel` and pass it to each :meth:`SSHServer.create`.
 """
 
 from __future__ import annotations
@@ -159,11 +162,27 @@ class SSHServer:
     process: subprocess.Popen | None = None
     host: str = "127.0.0.1"
 
+    # sshd's own defaults (MaxStartups 10:30:100, MaxSessions 10) when False: what a real host has.
+    raised_limits: bool = True
+
     @classmethod
-    def create(cls, workdir: str, *, install_runtime: bool = True) -> SSHServer:
+    def create(
+        cls,
+        workdir: str,
+        *,
+        install_runtime: bool = True,
+        user_name: str = TEST_USER,
+        wheel: str | None = None,
+        raised_limits: bool = True,
+    ) -> SSHServer:
+        """Create the user, keys and config and start sshd.
+
+        ``wheel``: a wheel from :func:`build_wheel` (readable by ``user_name``) to install
+        instead of building one; ``raised_limits``: see the attribute.
+        """
         os.makedirs(workdir, exist_ok=True)
         os.chmod(workdir, 0o755)
-        user = ensure_user()
+        user = ensure_user(user_name)
         reset_user_state(user)
         for name in ("host_ed25519", "client_ed25519"):
             path = os.path.join(workdir, name)
@@ -188,8 +207,11 @@ class SSHServer:
             known_hosts=known_hosts,
             host_key_line=host_key_line,
             log_file=os.path.join(workdir, "sshd.log"),
+            raised_limits=raised_limits,
         )
-        if install_runtime:
+        if install_runtime and wheel is not None:
+            pipx_install(user, wheel)
+        elif install_runtime:
             # Outside the (root-only) pytest tmp dir: the test user must read the wheel.
             wheels = tempfile.mkdtemp(prefix="orchesjob-wheel-")
             try:
@@ -215,8 +237,7 @@ class SSHServer:
                 # The key files live under /tmp (world-writable): relax the path check only.
                 "StrictModes no",
                 "LogLevel VERBOSE",
-                "MaxStartups 200:30:400",
-                "MaxSessions 64",
+                *(["MaxStartups 200:30:400", "MaxSessions 64"] if self.raised_limits else []),
                 "ClientAliveInterval 0",
                 "",
             ]
