@@ -35,8 +35,8 @@ after the start phase) are counted apart. Triggerer CPU (user + sys) and peak RS
 Needs root (creates the users, cgroups; starts sshds); the bench kills every process of
 its users on exit, so the users must be dedicated to it.
 
-    python bench/bench_fleet.py --hosts 20 --jobs 1000 --job-seconds 60 --poll-interval 5 --triggerers 1 \\
-        [--side ours|providers|both] [--json PATH]
+    python bench/bench_fleet.py --hosts 20 --jobs 1000 --job-seconds 60 --poll-interval 5 --triggerers 1,2 \\
+        [--side ours|providers|both] [--prov-levels 10,25,50] [--json PATH]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=1000, help="deferred jobs (= triggers) on our side, over all hosts")
     ap.add_argument("--job-seconds", type=int, default=60, help="each job prints one line per second this long")
     ap.add_argument("--poll-interval", type=float, default=5.0, help="trigger poll interval, seconds")
-    ap.add_argument("--triggerers", type=int, default=1, choices=(1, 2), help="triggerer processes")
+    ap.add_argument("--triggerers", default="1", help="triggerer processes: 1, 2, or 1,2 (our side once with each)")
     ap.add_argument("--side", choices=("ours", "providers", "both"), default="ours")
     ap.add_argument("--prov-levels", default="10,25,50", help="providers-ssh: jobs per host, tried in turn")
     ap.add_argument("--prov-job-seconds", type=int, default=20, help="providers-ssh: job length")
@@ -276,11 +276,11 @@ class Side:
             self.after_start(op)
         return None, "execute() returned without deferring"
 
-    def run(self, n: int, job_seconds: int) -> dict[str, Any]:
+    def run(self, n: int, job_seconds: int, triggerers: int) -> dict[str, Any]:
         args, hosts = self.args, self.hosts
         ports = [h.server.port for h in hosts]
         out: dict[str, Any] = {"side": self.name, "jobs": n, "hosts": len(hosts), "job_seconds": job_seconds,
-                               "poll_interval": args.poll_interval, "triggerers": args.triggerers}  # fmt: skip
+                               "poll_interval": args.poll_interval, "triggerers": triggerers}  # fmt: skip
         self.register_connections()
         gate = Gate(os.path.join(self.workdir, f"gate-{self.kind}-{self.tag}"))
         workers: list[subprocess.Popen] = []
@@ -316,7 +316,7 @@ class Side:
 
             # ---- poll phase: the triggerer processes
             timeout = job_seconds + args.poll_interval + args.timeout
-            parts = [list(range(k, len(specs), args.triggerers)) for k in range(args.triggerers)]
+            parts = [list(range(k, len(specs), triggerers)) for k in range(triggerers)]
             paths = []
             for k, part in enumerate(parts):
                 in_path = os.path.join(self.workdir, f"triggerer-{self.kind}-{self.tag}-{k}.in.json")
@@ -544,11 +544,13 @@ def main() -> int:
         os.makedirs(markers)
         os.chmod(markers, 0o1777)
         if args.side in ("ours", "both"):
-            print(f"ours: {args.jobs} jobs ...", flush=True)
-            r = Ours(args, hosts, markers, workdir, "a").run(args.jobs, args.job_seconds)
-            results["ours"] = r
-            print(report(r), flush=True)
-            kill_leftovers(hosts)
+            results["ours"] = []
+            for triggerers in (int(x) for x in args.triggerers.split(",")):
+                print(f"ours: {args.jobs} jobs, {triggerers} triggerer process(es) ...", flush=True)
+                r = Ours(args, hosts, markers, workdir, f"t{triggerers}").run(args.jobs, args.job_seconds, triggerers)
+                results["ours"].append(r)
+                print(report(r), flush=True)
+                kill_leftovers(hosts)
         if args.side in ("providers", "both"):
             prov = Providers(args, hosts, markers, workdir, "probe")
             prov.register_connections()
@@ -561,7 +563,8 @@ def main() -> int:
             results["providers"] = []
             for level in (int(x) for x in args.prov_levels.split(",")):
                 print(f"providers-ssh: {level} jobs per host ...", flush=True)
-                r = Providers(args, hosts, markers, workdir, f"l{level}").run(level * len(hosts), args.prov_job_seconds)
+                prov = Providers(args, hosts, markers, workdir, f"l{level}")
+                r = prov.run(level * len(hosts), args.prov_job_seconds, triggerers=1)
                 results["providers"].append(r)
                 print(report(r), flush=True)
                 kill_leftovers(hosts)
