@@ -37,20 +37,35 @@ def established(ports: Iterable[int]) -> dict[int, int]:
     return counts
 
 
+def mem_available_mib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def maxstartups_drops(sshd_log: str) -> int:
+    """Connection attempts sshd dropped because of MaxStartups (OpenSSH >= 8.x says "past", older "exceeded")."""
+    return sshd_log.count("past MaxStartups") + sshd_log.count("exceeded MaxStartups")
+
+
 class ConnSampler(threading.Thread):
-    """Peak established connections per sshd port, sampled in a thread."""
+    """Peak established connections per sshd port, and the lowest MemAvailable, sampled in a thread."""
 
     def __init__(self, ports: Iterable[int], every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.ports = list(ports)
         self.every = every
         self.peaks = dict.fromkeys(self.ports, 0)
+        self.mem_low_mib = mem_available_mib()
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
             for port, n in established(self.ports).items():
                 self.peaks[port] = max(self.peaks[port], n)
+            self.mem_low_mib = min(self.mem_low_mib, mem_available_mib())
             self._halt.wait(self.every)
 
     def stop(self) -> dict[int, int]:

@@ -69,6 +69,8 @@ from _common import (  # noqa: E402 - the bench directory is not a package
     job_output_bytes,
     kill_user_processes,
     login_shell,
+    maxstartups_drops,
+    mem_available_mib,
     probe_providers_submit,
     remove_dirs,
     set_user_shell,
@@ -78,6 +80,7 @@ from _common import (  # noqa: E402 - the bench directory is not a package
 
 DAG_ID = "bench_fleet"
 SPREAD_STEPS = 20  # job ends spread over this many points of one poll interval
+MEM_RESERVE_MIB = 4096  # left to the rest of the (shared) machine when sizing a providers-ssh level
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,14 +196,6 @@ def create_fleet(args: argparse.Namespace, workdir: str, run_id: str, hosts: lis
             hosts.append(Host(fut.result(), i, run_id))  # appended at once: cleaned up even if a later one fails
 
 
-def mem_available_mib() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank; NaN when empty."""
     if not values:
@@ -307,7 +302,8 @@ class Side:
             logs = [h.log_since_mark() for h in hosts]
             out["start_host"] = host_rows(hosts, logs, start_peaks, cpu0)
             # What the waiting jobs hold on the host (supervisors, shells): the memory question.
-            out["start_mem_used_mib"] = mem0 - mem_available_mib()
+            mem_after_start = mem_available_mib()
+            out["start_mem_used_mib"] = mem0 - mem_after_start
             # From here the hosts' cgroups count sshd and the polls only; the jobs count apart.
             for h in hosts:
                 h.jobs_cpu.adopt_user(h.server.user)
@@ -344,6 +340,8 @@ class Side:
                 w.wait()
             t_done = time.time()
             poll_peaks = sampler.stop()
+            # Memory the poll phase took on top of the start phase's (the connections' sshd processes ...).
+            out["poll_mem_extra_mib"] = mem_after_start - sampler.mem_low_mib
             logs = [h.log_since_mark() for h in hosts]
             out["poll_s"] = t_done - t_poll0
             out["poll_host"] = host_rows(hosts, logs, poll_peaks, cpu_host0)
@@ -383,7 +381,7 @@ class Side:
             for e in events
             if not (isinstance(e, dict) and self.finished_ok(e))
         ]
-        lags, settles = [], []
+        lags, settles, seen = [], [], []
         for i, event, end in zip(names, events, ends, strict=True):
             try:
                 with open(self.marker(i)) as f:
@@ -394,11 +392,13 @@ class Side:
             recorded = self.recorded_end(event)
             if recorded is not None:
                 settles.append(recorded - job_end)
+                seen.append(end - recorded)
         out["lag_p50_s"], out["lag_p99_s"] = pct(lags, 0.5), pct(lags, 0.99)
         out["lag_max_s"] = max(lags) if lags else float("nan")
         out["lags_measured"] = len(lags)
         # Of that lag, the part before the host had the outcome (ours: the supervisor's record).
         out["settle_p50_s"], out["settle_p99_s"] = pct(settles, 0.5), pct(settles, 0.99)
+        out["seen_p50_s"], out["seen_p99_s"] = pct(seen, 0.5), pct(seen, 0.99)  # recorded outcome → event
         # How long after the gate opened the last trigger event came (the jobs took job_seconds + spread).
         out["last_event_after_gate_s"] = max((t for t in ends if t == t), default=float("nan")) - gate_opened
 
@@ -412,7 +412,7 @@ def host_rows(hosts: list[Host], logs: list[str], peaks: dict[int, int], cpu0: l
                 "host": h.index,
                 "connections": len(re.findall(r"Accepted publickey for ", log)),
                 "sessions": len(re.findall(r"Starting session: command ", log)),
-                "maxstartups_drops": log.count("exceeded MaxStartups"),
+                "maxstartups_drops": maxstartups_drops(log),
                 # sshd refuses a channel beyond MaxSessions (logged at VERBOSE or DEBUG depending on version).
                 "session_refusals": len(re.findall(r"no more sessions|MaxSessions|open failed", log)),
                 "peak_connections": peaks.get(h.server.port, 0),
@@ -506,6 +506,7 @@ def report(r: dict) -> str:
         f"| start: wall time / throughput | {r['start_s']:.1f} s / {r['start_jobs_per_s']:.1f} jobs/s |",
         f"| start: failures | {len(r['start_failures'])} |",
         f"| start: memory held by the waiting jobs (MemAvailable drop) | {r['start_mem_used_mib']:.0f} MiB |",
+        f"| poll: memory taken on top of that, peak (MemAvailable) | {r.get('poll_mem_extra_mib', 0):.0f} MiB |",
         f"| start: connections per host (min / mean / max) | {mmm(start, 'connections')} |",
         f"| start: MaxStartups drops, all hosts | {sum(h['maxstartups_drops'] for h in start)} |",
         f"| poll: SSH connections per host (min / mean / max) | {mmm(poll, 'connections')} |",
@@ -524,8 +525,10 @@ def report(r: dict) -> str:
         f"| detection lag p50 / p99 / max (s), {r['lags_measured']} jobs "
         f"| {r['lag_p50_s']:.2f} / {r['lag_p99_s']:.2f} / {r['lag_max_s']:.2f} |",
         f"| log bytes delivered / written | {r['log_bytes_delivered']} / {r['log_bytes_written']} |",
-        f"| of which job end → outcome recorded on the host, p50 / p99 (s) "
+        f"| job end → outcome recorded on the host (supervisor), p50 / p99 (s) "
         f"| {r.get('settle_p50_s', float('nan')):.2f} / {r.get('settle_p99_s', float('nan')):.2f} |",
+        f"| outcome recorded → trigger event, p50 / p99 (s) "
+        f"| {r.get('seen_p50_s', float('nan')):.2f} / {r.get('seen_p99_s', float('nan')):.2f} |",
         f"| gate opened → last trigger event (s) | {r['last_event_after_gate_s']:.1f} |",
     ]
     errors = r["start_failures"][:3] + r["trigger_failures"][:3]
@@ -580,11 +583,20 @@ def main() -> int:
                 set_user_shell(h.server.user, "/bin/bash")
             shells_changed = True
             results["providers"] = []
+            per_job_mib = 0.0
             for level in (int(x) for x in args.prov_levels.split(",")):
+                # Each trigger holds a connection (two sshd processes on the host): this box is shared.
+                need = per_job_mib * level * len(hosts)
+                if need > mem_available_mib() - MEM_RESERVE_MIB:
+                    print(f"providers-ssh: {level} jobs per host not run: would need ~{need:.0f} MiB (measured at "
+                          f"the previous level), {mem_available_mib():.0f} MiB available", flush=True)  # fmt: skip
+                    results["providers_not_run"] = {"level": level, "need_mib": need}
+                    break
                 print(f"providers-ssh: {level} jobs per host ...", flush=True)
                 prov = Providers(args, hosts, markers, workdir, f"l{level}")
                 r = prov.run(level * len(hosts), args.prov_job_seconds, triggerers=1)
                 results["providers"].append(r)
+                per_job_mib = (r["start_mem_used_mib"] + r["poll_mem_extra_mib"]) / r["jobs"]
                 print(report(r), flush=True)
                 kill_leftovers(hosts)
                 if r["start_failures"] or r["trigger_failures"] or r["finished_ok"] < r["jobs"]:

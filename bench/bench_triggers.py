@@ -66,6 +66,7 @@ from _common import (  # noqa: E402 - the bench directory is not a package
     job_command,
     kill_user_processes,
     login_shell,
+    maxstartups_drops,
     probe_providers_submit,
     remove_dirs,
     set_user_shell,
@@ -424,7 +425,7 @@ def main() -> int:
 
         log = server.log()
         limits = {
-            "MaxStartups drops": log.count("exceeded MaxStartups"),
+            "MaxStartups drops": maxstartups_drops(log),
             "MaxSessions refusals": log.count("no more sessions") + log.count("MaxSessions"),
         }
         print()
