@@ -178,6 +178,10 @@ class Host:
         self.cpu.remove()
         self.jobs_cpu.remove()
         remove_dirs(self.ours_home)
+        try:
+            os.rmdir(os.path.dirname(self.ours_home))  # .orchesjob-bench, unless another run uses it
+        except OSError:
+            pass
 
 
 def create_fleet(args: argparse.Namespace, workdir: str, run_id: str, hosts: list[Host]) -> None:
