@@ -120,6 +120,7 @@ def triggerer_main(in_path: str, out_path: str) -> int:
     for classpath in {classpath for classpath, _ in spec["triggers"]}:
         module, name = classpath.rsplit(".", 1)
         classes[classpath] = getattr(importlib.import_module(module), name)
+    round_trips = time_status_commands()
     rss_idle_kib = proc_status_kib("VmRSS")  # Airflow and the trigger classes imported, no trigger yet
     triggers = [classes[classpath](**kwargs) for classpath, kwargs in spec["triggers"]]
     rss_built_kib = proc_status_kib("VmRSS")
@@ -141,10 +142,29 @@ def triggerer_main(in_path: str, out_path: str) -> int:
         "rss_idle_mib": rss_idle_kib / 1024,
         "rss_built_mib": rss_built_kib / 1024,
         "rss_peak_mib": proc_status_kib("VmHWM") / 1024,
+        "status_round_trips_s": round_trips,
     }
     with open(out_path, "w") as f:
         json.dump(out, f, default=str)
     return 0
+
+
+def time_status_commands() -> list[float]:
+    """Wall time of each batched ``orchesjob status`` (ours) this process sends, appended to the returned list."""
+    from airflow_provider_orchesjob.hooks import batching
+
+    times: list[float] = []
+    send = batching.StatusBatcher._send
+
+    async def timed(self: Any, batch: list) -> None:
+        t = time.monotonic()
+        try:
+            await send(self, batch)
+        finally:
+            times.append(time.monotonic() - t)
+
+    batching.StatusBatcher._send = timed  # type: ignore[method-assign]
+    return times
 
 
 # ------------------------------------------------------------------ the fleet
@@ -403,6 +423,11 @@ class Side:
         # Of that lag, the part before the host had the outcome (ours: the supervisor's record).
         out["settle_p50_s"], out["settle_p99_s"] = pct(settles, 0.5), pct(settles, 0.99)
         out["seen_p50_s"], out["seen_p99_s"] = pct(seen, 0.5), pct(seen, 0.99)  # recorded outcome → event
+        trips = [t for r in out["triggerer"] for t in r.get("status_round_trips_s", [])]
+        out["status_round_trip_p50_s"], out["status_round_trip_p99_s"] = pct(trips, 0.5), pct(trips, 0.99)
+        out["status_round_trip_max_s"] = max(trips) if trips else float("nan")
+        for r in out["triggerer"]:
+            r.pop("status_round_trips_s", None)
         # How long after the gate opened the last trigger event came (the jobs took job_seconds + spread).
         out["last_event_after_gate_s"] = max((t for t in ends if t == t), default=float("nan")) - gate_opened
 
@@ -492,6 +517,7 @@ def totals(rows: list[dict], key: str) -> tuple[float, float, float]:
 
 def report(r: dict) -> str:
     ticks = r["poll_s"] / r["poll_interval"]
+    nan = float("nan")
     poll, start = r["poll_host"], r["start_host"]
     trig = [t for t in r["triggerer"] if "cpu_s" in t]
     cpu = " / ".join(f"{t['cpu_s']:.1f}" for t in trig)
@@ -530,9 +556,12 @@ def report(r: dict) -> str:
         f"| {r['lag_p50_s']:.2f} / {r['lag_p99_s']:.2f} / {r['lag_max_s']:.2f} |",
         f"| log bytes delivered / written | {r['log_bytes_delivered']} / {r['log_bytes_written']} |",
         f"| job end → outcome recorded on the host (supervisor), p50 / p99 (s) "
-        f"| {r.get('settle_p50_s', float('nan')):.2f} / {r.get('settle_p99_s', float('nan')):.2f} |",
+        f"| {r.get('settle_p50_s', nan):.2f} / {r.get('settle_p99_s', nan):.2f} |",
         f"| outcome recorded → trigger event, p50 / p99 (s) "
-        f"| {r.get('seen_p50_s', float('nan')):.2f} / {r.get('seen_p99_s', float('nan')):.2f} |",
+        f"| {r.get('seen_p50_s', nan):.2f} / {r.get('seen_p99_s', nan):.2f} |",
+        f"| one batched status command's round trip, p50 / p99 / max (s) "
+        f"| {r.get('status_round_trip_p50_s', nan):.2f} / {r.get('status_round_trip_p99_s', nan):.2f} "
+        f"/ {r.get('status_round_trip_max_s', nan):.2f} |",
         f"| gate opened → last trigger event (s) | {r['last_event_after_gate_s']:.1f} |",
     ]
     errors = r["start_failures"][:3] + r["trigger_failures"][:3]
