@@ -237,6 +237,17 @@ def setup_bench_process(prefix: str, test_user: str | None = None) -> str:
     return airflow_home
 
 
+def make_user_dir(path: str, user: str) -> str:
+    """A directory owned by ``user`` (e.g. providers-ssh's ``remote_base_dir``: per run and per user, because
+    a shared default such as /tmp/airflow-ssh-jobs belongs to whichever user created it first)."""
+    import pwd
+
+    os.makedirs(path)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
 def remove_dirs(*paths: str | None) -> None:
     for path in paths:
         if path:
@@ -251,6 +262,8 @@ async def follow_triggers(triggers: list, timeout: float) -> tuple[list, list]:
             return event.payload, time.time()
         return "trigger ended without an event", time.time()
 
+    if not triggers:  # every submission failed: nothing to follow (asyncio.wait refuses an empty set)
+        return [], []
     tasks = [asyncio.ensure_future(follow(t)) for t in triggers]
     try:
         done, pending = await asyncio.wait(tasks, timeout=timeout)

@@ -46,7 +46,6 @@ import fcntl
 import importlib
 import json
 import os
-import pwd
 import re
 import resource
 import statistics
@@ -69,6 +68,7 @@ from _common import (  # noqa: E402 - the bench directory is not a package
     job_output_bytes,
     kill_user_processes,
     login_shell,
+    make_user_dir,
     maxstartups_drops,
     mem_available_mib,
     probe_providers_submit,
@@ -178,10 +178,7 @@ class Host:
         self.jobs_cpu = HostCPU(f"bench-fleet-{run_id}-h{index:02d}-jobs")
         self.cpu.add(server.process.pid)  # every session and job sshd forks from now on is counted
         self.ours_home = os.path.join(server.home, ".orchesjob-bench", run_id)
-        self.prov_base = os.path.join(server.workdir, "prov-jobs")
-        os.makedirs(self.prov_base)
-        user = pwd.getpwnam(server.user)
-        os.chown(self.prov_base, user.pw_uid, user.pw_gid)
+        self.prov_base = make_user_dir(os.path.join(server.workdir, "prov-jobs"), server.user)
         self.log_pos = 0
 
     def log_since_mark(self) -> str:

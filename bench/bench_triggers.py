@@ -66,6 +66,7 @@ from _common import (  # noqa: E402 - the bench directory is not a package
     job_command,
     kill_user_processes,
     login_shell,
+    make_user_dir,
     maxstartups_drops,
     probe_providers_submit,
     remove_dirs,
@@ -384,7 +385,6 @@ def main() -> int:
     shell_changed = False
     run_id = uuid.uuid4().hex[:8]
     host_cpu = HostCPU(f"bench-triggers-{run_id}")
-    prov_base = f"/tmp/airflow-ssh-jobs/bench-{run_id}"
     ours_home = None
     try:
         t = time.time()
@@ -395,6 +395,7 @@ def main() -> int:
         markers = os.path.join(workdir, "ends")
         os.makedirs(markers)
         os.chmod(markers, 0o1777)
+        prov_base = make_user_dir(os.path.join(workdir, "prov-jobs"), server.user)
         ours_home = os.path.join(server.home, ".orchesjob-bench", run_id)
         ours_conn = set_connection("bench_orchesjob", server, orchesjob_home=ours_home)
         # paramiko's SSHHook has no known_hosts-path extra: pin the host key for providers-ssh.
@@ -444,7 +445,7 @@ def main() -> int:
             if shell_changed:
                 set_user_shell(server.user, "/bin/sh")
         host_cpu.remove()
-        remove_dirs(prov_base, ours_home, workdir, airflow_home)
+        remove_dirs(ours_home, workdir, airflow_home)  # workdir holds the providers-ssh job dirs
 
 
 if __name__ == "__main__":
