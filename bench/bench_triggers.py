@@ -48,20 +48,32 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402 - the bench directory is not a package
+    ConnSampler,
+    FakeTI,
+    HostCPU,
+    close_shared_connections,
+    follow_triggers,
+    job_command,
+    kill_user_processes,
+    login_shell,
+    make_user_dir,
+    maxstartups_drops,
+    probe_providers_submit,
+    remove_dirs,
+    set_user_shell,
+    setup_bench_process,
+    wait_connections_closed,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,114 +86,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=180.0, help="give up on a side's triggers after this long")
     ap.add_argument("--json", help="also write the raw figures to this file")
     return ap.parse_args()
-
-
-# ----------------------------------------------------------------- helpers
-class ConnSampler(threading.Thread):
-    """Samples established TCP connections to the sshd port (server side) from /proc/net/tcp."""
-
-    def __init__(self, port: int, every: float = 0.1) -> None:
-        super().__init__(daemon=True)
-        self.port_hex = f"{port:04X}"
-        self.every = every
-        self.peak = 0
-        self._halt = threading.Event()
-
-    def count(self) -> int:
-        n = 0
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                if parts[1].endswith(":" + self.port_hex) and parts[3] == "01":  # local port, ESTABLISHED
-                    n += 1
-        return n
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.peak = max(self.peak, self.count())
-            self._halt.wait(self.every)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join(5)
-        return self.peak
-
-
-class FakeTI:
-    """The few task-instance attributes the operators read in execute()."""
-
-    def __init__(self, task_id: str) -> None:
-        self.dag_id = "bench_triggers"
-        self.task_id = task_id
-        self.run_id = "bench"
-        self.try_number = 1
-        self.map_index = -1
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        pass
-
-
-class HostCPU:
-    """CPU time of sshd and everything it forks (sessions, remote commands, jobs): a cpuacct cgroup.
-
-    Other processes on the machine are not counted. cgroup v1 ``cpuacct`` or cgroup v2; when
-    neither can be created, figures are NaN.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.path: str | None = None
-        self.usage_file = ""
-        v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-        for root, usage in (("/sys/fs/cgroup/cpuacct", "cpuacct.usage"), ("/sys/fs/cgroup", "cpu.stat")):
-            if (usage == "cpu.stat") != v2:
-                continue
-            if os.path.isdir(root) and os.access(root, os.W_OK):
-                try:
-                    os.mkdir(os.path.join(root, name))
-                except OSError:
-                    continue
-                self.path, self.usage_file = os.path.join(root, name), usage
-                break
-
-    def add(self, pid: int) -> None:
-        if self.path:
-            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
-
-    def seconds(self) -> float:
-        if not self.path:
-            return float("nan")
-        with open(os.path.join(self.path, self.usage_file)) as f:
-            text = f.read()
-        if self.usage_file == "cpu.stat":  # v2: "usage_usec N"
-            return int(text.split("usage_usec")[1].split()[0]) / 1e6
-        return int(text) / 1e9
-
-    def remove(self) -> None:
-        deadline = time.monotonic() + 5  # killed processes may take a moment to leave the group
-        while self.path:
-            try:
-                os.rmdir(self.path)
-                self.path = None
-            except OSError:
-                if time.monotonic() > deadline:
-                    print(f"could not remove cgroup {self.path}", file=sys.stderr)
-                    return
-                time.sleep(0.1)
-
-
-def job_command(seconds: int, marker: str) -> str:
-    # One brace group: SSHRemoteJobOperator splices the command into its wrapper and appends
-    # `>>log 2>&1`, which would otherwise capture only the last simple command's output.
-    return (
-        f'{{ i=0; while [ "$i" -lt {seconds} ]; do echo "tick $i"; i=$((i+1)); sleep 1; done; '
-        f"date +%s.%N > {marker}; }}"
-    )
-
-
-def set_user_shell(user: str, shell: str) -> None:
-    subprocess.run(["usermod", "-s", shell, user], check=True, capture_output=True)
 
 
 # ------------------------------------------------------------------- sides
@@ -238,13 +142,13 @@ class Side:
         # ---- start phase: n operator.execute() calls in parallel, as n worker tasks would
         c0, s0 = server.connections(), server.sessions()
         cpu0 = self.host_cpu.seconds()
-        sampler = ConnSampler(server.port)
+        sampler = ConnSampler([server.port])
         sampler.start()
         t0 = time.time()
         with ThreadPoolExecutor(max_workers=n) as pool:
             started = list(pool.map(self.start_one, range(n)))
         t_started = time.time()
-        out["start_peak_conns"] = sampler.stop()
+        out["start_peak_conns"] = sampler.stop()[server.port]
         c1, s1 = server.connections(), server.sessions()
         out["start_conns"], out["start_sessions"] = c1 - c0, s1 - s0
         out["start_s"] = t_started - t0
@@ -259,19 +163,17 @@ class Side:
             triggers.append(self.counting_class(type(trig))(**kwargs))
 
         # ---- poll phase: every trigger in one event loop
-        settle = time.time() + 3  # let the start phase's connections finish closing
-        while ConnSampler(server.port).count() and time.time() < settle:
-            time.sleep(0.05)
+        wait_connections_closed([server.port])
         c1, s1 = server.connections(), server.sessions()
         t_poll0 = time.time()
         cpu_host0, cpu_self0 = self.host_cpu.seconds(), time.process_time()
-        sampler = ConnSampler(server.port)
+        sampler = ConnSampler([server.port])
         sampler.start()
         events, ends = asyncio.run(self.run_triggers(triggers))
         t_done = time.time()
         out["poll_cpu_self_s"] = time.process_time() - cpu_self0
         out["poll_cpu_host_s"] = self.host_cpu.seconds() - cpu_host0
-        out["poll_peak_conns"] = sampler.stop()
+        out["poll_peak_conns"] = sampler.stop()[server.port]
         c2, s2 = server.connections(), server.sessions()
         out["poll_conns"], out["poll_sessions"] = c2 - c1, s2 - s1
         polls = sum(t.polls for t in triggers)
@@ -304,30 +206,9 @@ class Side:
         return out
 
     async def run_triggers(self, triggers: list) -> tuple[list, list]:
-        async def follow(trig: Any) -> tuple[Any, float]:
-            async for event in trig.run():
-                return event.payload, time.time()
-            return "trigger ended without an event", time.time()
-
-        tasks = [asyncio.ensure_future(follow(t)) for t in triggers]
         try:
-            done, pending = await asyncio.wait(tasks, timeout=self.args.timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            results = []
-            for t in tasks:
-                if t in pending:
-                    results.append((f"no event within {self.args.timeout:.0f} s", time.time()))
-                elif t.exception() is not None:
-                    results.append((f"{type(t.exception()).__name__}: {t.exception()}", time.time()))
-                else:
-                    results.append(t.result())
-            return [r[0] for r in results], [r[1] for r in results]
+            return await follow_triggers(triggers, self.args.timeout)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.close_loop_resources()
 
 
@@ -386,11 +267,7 @@ class Ours(Side):
         return event["stdout_offset"] + event["stderr_offset"]
 
     async def close_loop_resources(self) -> None:
-        from airflow_provider_orchesjob.hooks import transport
-
-        for shared in transport._POOL.pop(asyncio.get_running_loop(), {}).values():
-            if shared.conn is not None:
-                shared.conn.close()
+        await close_shared_connections()
 
 
 class Providers(Side):
@@ -440,23 +317,6 @@ class Providers(Side):
 
     def log_bytes(self, event: dict) -> int:
         return event["log_offset"]
-
-
-def probe_default_shell(server: Any, conn_id: str, base_dir: str) -> str:
-    """Submit one providers-ssh job under the harness's login shell; return the outcome."""
-    from airflow.providers.ssh.operators.ssh_remote_job import SSHRemoteJobOperator
-    from airflow.sdk.exceptions import TaskDeferred
-
-    shell = subprocess.run(["getent", "passwd", server.user], capture_output=True, text=True).stdout.strip()
-    shell = shell.rsplit(":", 1)[-1]
-    op = SSHRemoteJobOperator(task_id="probe", ssh_conn_id=conn_id, command="true", remote_base_dir=base_dir)
-    try:
-        op.execute({"ti": FakeTI("probe")})
-    except TaskDeferred:
-        return f"login shell {shell}: submitted fine"
-    except Exception as exc:  # noqa: BLE001
-        return f"login shell {shell}: {type(exc).__name__}: {str(exc).strip()}"
-    return f"login shell {shell}: execute() returned without deferring"
 
 
 # ------------------------------------------------------------------ report
@@ -511,18 +371,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (the harness creates a user and starts sshd)", file=sys.stderr)
         return 2
-    # Airflow must not touch ~/airflow; set before any airflow import.
-    airflow_home = tempfile.mkdtemp(prefix="bench-triggers-airflow-")
-    os.environ["AIRFLOW_HOME"] = airflow_home
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # 50 triggers x every log line
-    os.environ["ORCHESJOB_TEST_SSH_USER"] = args.user  # read by the harness at import
-    sys.path.insert(0, ROOT)
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
+    airflow_home = setup_bench_process("bench-triggers", args.user)
     from tests.provider.conftest import set_connection
     from tests.sshd_harness import SSHServer, missing_parts
 
@@ -531,16 +380,11 @@ def main() -> int:
         print(f"missing: {', '.join(missing)}", file=sys.stderr)
         return 2
 
-    # SIGTERM/SIGHUP → SystemExit, so the finally block below still runs.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
-
     workdir = tempfile.mkdtemp(prefix="bench-triggers-sshd-")
     server = None
     shell_changed = False
     run_id = uuid.uuid4().hex[:8]
     host_cpu = HostCPU(f"bench-triggers-{run_id}")
-    prov_base = f"/tmp/airflow-ssh-jobs/bench-{run_id}"
     ours_home = None
     try:
         t = time.time()
@@ -551,12 +395,13 @@ def main() -> int:
         markers = os.path.join(workdir, "ends")
         os.makedirs(markers)
         os.chmod(markers, 0o1777)
+        prov_base = make_user_dir(os.path.join(workdir, "prov-jobs"), server.user)
         ours_home = os.path.join(server.home, ".orchesjob-bench", run_id)
         ours_conn = set_connection("bench_orchesjob", server, orchesjob_home=ours_home)
         # paramiko's SSHHook has no known_hosts-path extra: pin the host key for providers-ssh.
         prov_conn = set_connection("bench_providers", server, host_key=server.host_key_line)
 
-        probe = probe_default_shell(server, prov_conn, prov_base)
+        probe = probe_providers_submit(prov_conn, prov_base, login_shell(server.user))
         print(f"providers-ssh probe under the harness's login shell: {probe}", flush=True)
         set_user_shell(server.user, "/bin/bash")
         shell_changed = True
@@ -581,7 +426,7 @@ def main() -> int:
 
         log = server.log()
         limits = {
-            "MaxStartups drops": log.count("exceeded MaxStartups"),
+            "MaxStartups drops": maxstartups_drops(log),
             "MaxSessions refusals": log.count("no more sessions") + log.count("MaxSessions"),
         }
         print()
@@ -596,21 +441,11 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()  # stops sshd, then pkill -KILL -u <bench user>: every leftover job
-            deadline = time.monotonic() + 5
-            while (
-                time.monotonic() < deadline
-                and subprocess.run(["pgrep", "-u", server.user], capture_output=True).returncode == 0
-            ):
-                subprocess.run(["pkill", "-KILL", "-u", server.user], capture_output=True)
-                time.sleep(0.1)
+            kill_user_processes(server.user)
             if shell_changed:
                 set_user_shell(server.user, "/bin/sh")
         host_cpu.remove()
-        shutil.rmtree(prov_base, ignore_errors=True)
-        if ours_home:
-            shutil.rmtree(ours_home, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(airflow_home, ignore_errors=True)
+        remove_dirs(ours_home, workdir, airflow_home)  # workdir holds the providers-ssh job dirs
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
   or, with ``install_runtime=False``, a user with no runtime at all (its own name,
   :data:`BARE_USER`, so that it never shares a home with a pipx-installed one),
   as the hook's provisioning of agentless hosts expects.
+
+Several servers (a fleet of "hosts", each its own user) share one wheel: build it
+once with :func:`build_wheel` and pass it to each :meth:`SSHServer.create`.
 """
 
 from __future__ import annotations
@@ -179,6 +182,9 @@ class SSHServer:
     # e.g. ``nsenter --net=...`` for a server only reachable through a jump host.
     launcher: list[str] = field(default_factory=list)
 
+    # sshd's own defaults (MaxStartups 10:30:100, MaxSessions 10) when False: what a real host has.
+    raised_limits: bool = True
+
     @classmethod
     def create(
         cls,
@@ -189,13 +195,16 @@ class SSHServer:
         host: str = "127.0.0.1",
         launcher: list[str] | None = None,
         bare: bool = False,
+        wheel: str | None = None,
+        raised_limits: bool = True,
     ) -> SSHServer:
         """Keys, known_hosts and a started sshd for ``user`` on ``host``.
 
         ``install_runtime``: reset the user's state and install this checkout's runtime for it
         (False: the user needs none, or another server of the same user installed it).
         ``bare``: a user with no runtime at all (e.g. :data:`BARE_USER`): its state is reset and
-        any install of the runtime removed.
+        any install of the runtime removed. ``wheel``: a wheel from :func:`build_wheel` (readable
+        by ``user``) to install instead of building one; ``raised_limits``: see the attribute.
         """
         os.makedirs(workdir, exist_ok=True)
         os.chmod(workdir, 0o755)
@@ -230,8 +239,11 @@ class SSHServer:
             log_file=os.path.join(workdir, "sshd.log"),
             host=host,
             launcher=list(launcher or []),
+            raised_limits=raised_limits,
         )
-        if install_runtime:
+        if install_runtime and wheel is not None:
+            pipx_install(account, wheel)
+        elif install_runtime:
             # Outside the (root-only) pytest tmp dir: the test user must read the wheel.
             wheels = tempfile.mkdtemp(prefix="orchesjob-wheel-")
             try:
@@ -257,8 +269,7 @@ class SSHServer:
                 # The key files live under /tmp (world-writable): relax the path check only.
                 "StrictModes no",
                 "LogLevel VERBOSE",
-                "MaxStartups 200:30:400",
-                "MaxSessions 64",
+                *(["MaxStartups 200:30:400", "MaxSessions 64"] if self.raised_limits else []),
                 "ClientAliveInterval 0",
                 "",
             ]

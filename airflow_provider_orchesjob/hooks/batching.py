@@ -36,6 +36,9 @@ MAX_BATCH = 200  # entries per command
 MAX_BATCH_LOG_BYTES = 4 << 20
 DEFAULT_CHUNK_BYTES = 65536
 ENTRY_OVERHEAD = 2048  # the job JSON of an entry without log data, generously
+# The least a stream gets when the polls of one tick share MAX_BATCH_LOG_BYTES: what a
+# poll does not get now it gets at its next one (a finished job's at once, see the trigger).
+MIN_SHARE_BYTES = 16384
 
 
 def request_cost(request: dict[str, Any]) -> int:
@@ -43,6 +46,23 @@ def request_cost(request: dict[str, Any]) -> int:
     per_stream = int(request.get("max_bytes") or DEFAULT_CHUNK_BYTES)
     streams = sum(1 for key in ("stdout_offset", "stderr_offset") if request.get(key) is not None)
     return ENTRY_OVERHEAD + streams * per_stream
+
+
+def fit_to_budget(requests: list[dict[str, Any]], budget: int | None = None) -> list[dict[str, Any]]:
+    """``requests`` with any ``max_bytes`` above a fair share of one command's ``budget`` lowered to it.
+
+    Each poll asks for up to 64 KiB per stream by default, so a tick of 50 polls of one host
+    would be split over two commands by its worst case (31 x 2 x 64 KiB fill the 4 MiB) although
+    lines-per-second jobs send a few hundred bytes. Sharing the budget instead keeps such a tick
+    in one command; the share never drops below ``MIN_SHARE_BYTES`` (then the batch is split).
+    Requests within the share are returned as they are; lowered ones are copies.
+    """
+    budget = MAX_BATCH_LOG_BYTES if budget is None else budget
+    if not requests or sum(request_cost(r) for r in requests[:MAX_BATCH]) <= budget:
+        return requests
+    sharing = min(len(requests), MAX_BATCH)
+    share = max(MIN_SHARE_BYTES, (budget // sharing - ENTRY_OVERHEAD) // 2)
+    return [{**r, "max_bytes": share} if request_cost(r) > ENTRY_OVERHEAD + 2 * share else r for r in requests]
 
 
 def split_batches(
@@ -111,6 +131,8 @@ class StatusBatcher:
         await asyncio.sleep(WINDOW)
         pending, self._pending, self._flusher = self._pending, [], None
         live = [(request, future) for request, future in pending if not future.done()]  # cancelled callers
+        fitted = fit_to_budget([request for request, _ in live])
+        live = [(request, future) for request, (_, future) in zip(fitted, live, strict=True)]
         groups = split_batches(live, cost=lambda item: request_cost(item[0]), max_entries=MAX_BATCH,
                                max_bytes=MAX_BATCH_LOG_BYTES)  # fmt: skip
         await asyncio.gather(*(self._send(group) for group in groups))

@@ -110,3 +110,42 @@ def test_each_event_loop_has_its_own_batcher(local_hook):
 
     first, second = asyncio.run(one_poll()), asyncio.run(one_poll())
     assert first is not second and first.commands_sent == second.commands_sent == 1
+
+
+def test_a_crowded_tick_shares_the_byte_budget_in_one_command(local_hook):
+    # 50 polls asking for 64 KiB per stream each: by their worst case (50 x 2 x 64 KiB) two commands,
+    # but lines-per-second jobs send a few bytes. One command, each poll getting a fair share.
+    hook = local_hook()
+    big = "x\n" * 32768
+    hook.start_job("big", ["sh", "-c", f"yes x | head -c {len(big)}"], sync=True)
+    hook.start_job("small", ["sh", "-c", "echo tick"], sync=True)
+    share = (batching.MAX_BATCH_LOG_BYTES // 50 - batching.ENTRY_OVERHEAD) // 2
+    assert batching.MIN_SHARE_BYTES <= share < len(big)
+
+    async def scenario():
+        polls = [local_hook().ajob_poll("big", stdout_offset=0, stderr_offset=0)]
+        polls += [local_hook().ajob_poll("small", stdout_offset=0, stderr_offset=0) for _ in range(49)]
+        results = await asyncio.gather(*polls)
+        return results, status_batcher(hook)
+
+    results, batcher = asyncio.run(scenario())
+    assert (batcher.commands_sent, batcher.requests_served) == (1, 50)
+    chunk = results[0]["stdout_chunk"]
+    assert (chunk["next_offset"], chunk["size"], chunk["data"]) == (share, len(big), big[:share])
+    assert all(r["stdout_chunk"]["data"] == "tick\n" for r in results[1:])
+    # The rest comes with the next poll, from where this one stopped.
+    rest = asyncio.run(local_hook().ajob_poll("big", stdout_offset=share, stderr_offset=0))
+    assert rest["stdout_chunk"]["data"] == big[share:]
+
+
+def test_fit_to_budget_lowers_only_what_exceeds_the_share_and_never_below_the_floor():
+    plain = {"run_key": "k"}  # no log streams: nothing to lower
+    asks = [{"run_key": "k", "stdout_offset": 0, "stderr_offset": 0, "max_bytes": b} for b in (1000, 65536)]
+    assert batching.fit_to_budget([*asks, plain]) == [*asks, plain]  # within budget: unchanged
+    fitted = batching.fit_to_budget([asks[1]] * 10 + [asks[0], plain], budget=600_000)
+    share = (600_000 // 12 - batching.ENTRY_OVERHEAD) // 2
+    assert [r.get("max_bytes") for r in fitted] == [share] * 10 + [1000, None]
+    assert asks[1]["max_bytes"] == 65536  # the callers' requests are not changed
+    floor = batching.fit_to_budget([asks[1]] * 100, budget=100_000)
+    assert {r["max_bytes"] for r in floor} == {batching.MIN_SHARE_BYTES}
+    assert len(batching.split_batches(floor, max_bytes=100_000)) > 1  # the floor holds: split instead
