@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402 - the bench directory is not a package
+from benchssh import (  # noqa: E402 - the bench directory is not a package
     ConnSampler,
     FakeTI,
     HostCPU,

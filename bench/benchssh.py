@@ -1,4 +1,5 @@
-"""Pieces shared by the trigger benchmarks (bench_triggers.py, bench_fleet.py).
+"""Pieces shared by the trigger benchmarks (bench_triggers.py, bench_fleet.py); benchlib.py holds
+the ones every bench uses (venvs, timing, percentiles, plots).
 
 Measuring instruments (established connections per sshd port, a cpuacct cgroup),
 the job every remote task runs, the minimal task-instance context an operator's
