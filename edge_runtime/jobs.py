@@ -233,12 +233,13 @@ class Jobs:
         # The supervisor is forked from this process: no SQLite state of this file may cross.
         self.store.close()
         try:
-            notify = spawn(self.db_path, job_id, systemd_run)
+            try:
+                notify = spawn(self.db_path, job_id, systemd_run)
+            finally:
+                self.store.reopen()
         except OSError as exc:  # fork/pipe limits: nothing was launched
-            self.store.reopen()
             self._abandon_unsupervised(job_id, f"could not spawn the supervisor: {exc}")
             raise OrchesError(f"could not spawn the supervisor for job {job_id}: {exc}", job_id=job_id) from None
-        self.store.reopen()
         process.kill_point("start:spawned")
         if not notify.wait_for(b"W", timeout=max(start_timeout, 30.0)):
             # The supervisor never recorded itself (exec failed, or it is stuck). The

@@ -101,10 +101,11 @@ def spawn(db_path: str, job_id: str, systemd_run: str | None = None) -> Notify:
             os.setsid()
             os.chdir("/")  # the supervisor holds no directory of the caller's
             if os.fork() == 0:
+                _detach(r, w)
                 if systemd_run is None:
-                    _become_supervisor(db_path, job_id, r, w)
+                    _become_supervisor(db_path, job_id, w)
                 else:
-                    _exec_in_scope(systemd_run, db_path, job_id, r, w)
+                    _exec_in_scope(systemd_run, db_path, job_id, w)
         finally:
             os._exit(0)
     os.close(w)
@@ -112,7 +113,8 @@ def spawn(db_path: str, job_id: str, systemd_run: str | None = None) -> Notify:
     return Notify(r)
 
 
-def _become_supervisor(db_path: str, job_id: str, r: int, w: int) -> None:
+def _detach(r: int, w: int) -> None:
+    """Keep nothing of the caller but the progress pipe's write end ``w``: stdio on /dev/null."""
     # The caller's objects stay as they are: a collection here could finalise one of its
     # SQLite connections (to another file), whose locks are the caller's, not ours.
     gc.freeze()
@@ -121,6 +123,9 @@ def _become_supervisor(db_path: str, job_id: str, r: int, w: int) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     _close_inherited(keep=(0, 1, 2, w))
+
+
+def _become_supervisor(db_path: str, job_id: str, w: int) -> None:
     signal.set_wakeup_fd(-1)
     for sig in signal.valid_signals():
         if callable(signal.getsignal(sig)):  # the caller's Python handlers (e.g. a dispatcher's)
@@ -129,14 +134,9 @@ def _become_supervisor(db_path: str, job_id: str, r: int, w: int) -> None:
     supervise(db_path, job_id, w)
 
 
-def _exec_in_scope(systemd_run: str, db_path: str, job_id: str, r: int, w: int) -> None:
+def _exec_in_scope(systemd_run: str, db_path: str, job_id: str, w: int) -> None:
     from .systemd import scope_argv
 
-    os.close(r)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    _close_inherited(keep=(0, 1, 2, w))
     os.set_inheritable(w, True)
     # -I: no cwd, script dir or user site on sys.path, no PYTHON* variables. From a runtime
     # archive (agentless hosts) the archive itself is the program: -m would not find the package.
