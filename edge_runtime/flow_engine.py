@@ -42,7 +42,7 @@ from .schema import FLOW_TERMINAL, STEP_TERMINAL
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
     from .flow_definition import FlowDefinition, Step
@@ -191,6 +191,7 @@ class Advancer:
         while changed:
             changed = False
             rows = {r["step_id"]: r for r in self.flows.step_rows(self.run_key)}
+            ready: list[tuple[Step, sqlite3.Row]] = []
             for step in defn.steps:
                 r = rows[step.id]
                 if r["status"] != "PENDING":
@@ -199,10 +200,13 @@ class Advancer:
                     continue
                 ok = flow_expr.evaluate(step.condition, {w: rows[w]["status"] == "SUCCEEDED" for w in step.waits})
                 if ok:
-                    self._start(step, r, workdir)
+                    ready.append((step, r))
                 else:
                     self._skip(step, r)
                 changed = True
+            # A fan-out's ready steps are launched together (their supervisors' hand-shakes
+            # overlap), each recorded RUNNING just before its start, as long as the flow runs.
+            self._launch((a for step, r in ready if (a := self._start(step, r)) is not None), workdir)
             if changed and not self._still_running():
                 return
 
@@ -221,14 +225,15 @@ class Advancer:
                 (t, t, self.run_key, step.id),
             )
 
-    def _start(self, step: Step, r: sqlite3.Row, workdir: str) -> None:
+    def _start(self, step: Step, r: sqlite3.Row) -> tuple[Step, int, str] | None:
+        """Record the step's next attempt as RUNNING; returns what to launch (None: nothing, the flow ended)."""
         attempt = r["attempt_no"] + 1
         key = step_run_key(self.run_key, step.id, attempt)
         t = time.time()
         with self.db.write() as db:
             self._check_lease_locked(db)
             if not self._flow_running_locked(db):
-                return
+                return None
             cur = db.execute(
                 "UPDATE flow_steps SET status='RUNNING', attempt_no=?, started_at=?, finished_at=NULL, error=NULL, "
                 "orchesjob_status=NULL, next_attempt_at=NULL, updated_at=? "
@@ -236,38 +241,46 @@ class Advancer:
                 (attempt, t, t, self.run_key, step.id, r["attempt_no"]),
             )
             if cur.rowcount != 1:
-                return
+                return None
             db.execute(
                 "INSERT INTO flow_attempts (run_key, step_id, attempt_no, job_run_key, started_at) VALUES (?,?,?,?,?)",
                 (self.run_key, step.id, attempt, key, t),
             )
         kill_point("intent")
-        self._launch(step, attempt, key, workdir)
+        return step, attempt, key
 
-    def _launch(self, step: Step, attempt: int, key: str, workdir: str) -> None:
+    def _launch(self, attempts: Iterable[tuple[Step, int, str]], workdir: str) -> None:
+        """Start the jobs of attempts recorded RUNNING (consumed one start at a time), and record each reply."""
         from .jobclient import start_options
 
-        try:
-            job = self.client.start(
-                step.command,
-                key,
-                start_options(strict=step.strict, start_timeout=step.start_timeout_sec),
-                cwd=step.cwd or workdir,
-                env=step.env,
-            )
-        except OrchesError as exc:
-            # A start that fails is a failed attempt (retry or FAILED), never an
-            # endless re-start loop.
-            self._attempt_failed(step, attempt, _prefixed("orchesjob start failed", exc), None)
-            return
-        kill_point("started")
-        if not self._still_running() and job.get("status") not in JOB_TERMINAL:
-            # Cancelled while we were starting it: cancel could not see this job yet.
-            try:
-                job = self.client.abort(key, reason="orchesjob-flow cancelled")
-            except OrchesError:
-                pass
-        self._record(step, attempt, job)
+        launched: list[tuple[Step, int, str]] = []
+
+        def starts() -> Iterator[dict[str, Any]]:
+            for step, attempt, key in attempts:
+                launched.append((step, attempt, key))
+                yield {
+                    "command": step.command,
+                    "run_key": key,
+                    "options": start_options(strict=step.strict, start_timeout=step.start_timeout_sec),
+                    "cwd": step.cwd or workdir,
+                    "env": step.env,
+                }
+
+        replies = self.client.start_many(starts())
+        for (step, attempt, key), job in zip(launched, replies, strict=True):
+            if isinstance(job, OrchesError):
+                # A start that fails is a failed attempt (retry or FAILED), never an
+                # endless re-start loop.
+                self._attempt_failed(step, attempt, _prefixed("orchesjob start failed", job), None)
+                continue
+            kill_point("started")
+            if not self._still_running() and job.get("status") not in JOB_TERMINAL:
+                # Cancelled while we were starting it: cancel could not see this job yet.
+                try:
+                    job = self.client.abort(key, reason="orchesjob-flow cancelled")
+                except OrchesError:
+                    pass
+            self._record(step, attempt, job)
 
     def _poll(self, step: Step, r: sqlite3.Row, workdir: str) -> None:
         attempt = r["attempt_no"]
@@ -277,7 +290,7 @@ class Advancer:
         except NotFound:
             # The attempt was recorded but its job never created (the previous
             # advancer died in between): start it now under the same key.
-            self._launch(step, attempt, key, workdir)
+            self._launch([(step, attempt, key)], workdir)
             return
         except OrchesError as exc:
             self._attempt_failed(step, attempt, _prefixed("orchesjob status failed", exc), None)

@@ -35,7 +35,7 @@ from .errors import InvalidState, LockError, NotFound, OrchesError, UsageError
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
 # Exit codes of ``orchesjob`` and the error each one means.
@@ -146,6 +146,21 @@ class JobClient:
         """
         raise NotImplementedError
 
+    def start_many(self, starts: Iterable[dict[str, Any]]) -> list[dict[str, Any] | OrchesError]:
+        """Several :meth:`start` calls (each a dict of its arguments); each one's job or its error, in order.
+
+        ``starts`` is consumed lazily, one start at a time. The in-process client
+        overlaps the launches (``jobs.overlap_starts``); a foreign binary is called once
+        per start, one after the other.
+        """
+        out: list[dict[str, Any] | OrchesError] = []
+        for kwargs in starts:
+            try:
+                out.append(self.start(**kwargs))
+            except OrchesError as exc:
+                out.append(exc)
+        return out
+
     def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -204,6 +219,24 @@ class JobClient:
         pass
 
 
+def _start_request(
+    command: Sequence[str],
+    run_key: str,
+    options: Sequence[str] = (),
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """``Jobs.start`` arguments for a :meth:`JobClient.start` call."""
+    kwargs = parse_start_options(options)
+    if cwd is not None:
+        kwargs["cwd"] = cwd
+    if env:
+        # The job layer stores the extra variables; the command inherits the rest.
+        kwargs["env"] = {**(kwargs["env"] or {}), **env}
+    return {"command": list(command), "run_key": run_key, "request_id": request_id, **kwargs}
+
+
 class InProcessJobClient(JobClient):
     """Calls ``edge_runtime.jobs.Jobs`` in this process (opened on first use)."""
 
@@ -232,13 +265,17 @@ class InProcessJobClient(JobClient):
         env: Mapping[str, str] | None = None,
         request_id: str | None = None,
     ) -> dict[str, Any]:
-        kwargs = parse_start_options(options)
-        if cwd is not None:
-            kwargs["cwd"] = cwd
-        if env:
-            # The job layer stores the extra variables; the command inherits the rest.
-            kwargs["env"] = {**(kwargs["env"] or {}), **env}
-        return self.jobs.start(list(command), run_key, request_id=request_id, **kwargs)
+        return self.jobs.start(**_start_request(command, run_key, options, cwd, env, request_id))
+
+    def start_many(self, starts: Iterable[dict[str, Any]]) -> list[dict[str, Any] | OrchesError]:
+        import functools
+
+        from .jobs import overlap_starts
+
+        def begin(kwargs: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+            return self.jobs.begin_start(**_start_request(**kwargs))
+
+        return overlap_starts(functools.partial(begin, kwargs) for kwargs in starts)
 
     def status(self, run_key: str | None = None, job_id: str | None = None) -> dict[str, Any]:
         _selector(run_key, job_id)

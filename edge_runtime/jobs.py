@@ -55,13 +55,66 @@ from .timefmt import now, with_iso
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
+
+    from .supervisor import Notify
 
 # How long abort/cancel wait for the stop to complete beyond the grace period.
 STOP_WAIT_MARGIN = 10.0
 MAX_LIST_LIMIT = 100_000
 LIST_PAGE = 500
+# Supervisors whose hand-shake ``start_many`` awaits at once: enough to overlap a
+# fan-out's launches on a few cores, few enough that their first writes do not
+# queue on the database's write lock.
+LAUNCH_WINDOW = 16
+
+
+def overlap_starts(
+    begins: Iterable[Callable[[], Callable[[], dict[str, Any]]]],
+) -> list[dict[str, Any] | OrchesError]:
+    """Run several starts, each ``begin()`` a :meth:`Jobs.begin_start` call, their launches overlapping.
+
+    Each start is judged and claimed on its own, in order, exactly as ``start`` does;
+    what overlaps is the wait for each supervisor's hand-shake (it records itself,
+    forks the command, records RUNNING): up to ``LAUNCH_WINDOW`` supervisors do that
+    at once while this process claims the next jobs. ``begins`` is consumed lazily, so
+    a caller can decide before each start whether there is still one to make (a
+    flow's fan-out stops launching once the flow is cancelled). Returns, in order,
+    each start's reply or the ``OrchesError`` that refused it.
+    """
+    from collections import deque
+
+    out: list[dict[str, Any] | OrchesError] = []
+    in_flight: deque[tuple[int, Callable[[], dict[str, Any]]]] = deque()
+
+    def settle_oldest() -> None:
+        index, finish = in_flight.popleft()
+        try:
+            out[index] = finish()
+        except OrchesError as exc:
+            out[index] = exc
+
+    try:
+        for begin in begins:
+            out.append({})
+            try:
+                in_flight.append((len(out) - 1, begin()))
+            except OrchesError as exc:
+                out[-1] = exc
+            if len(in_flight) >= LAUNCH_WINDOW:
+                settle_oldest()
+    finally:
+        # Even when the caller's generator raises, every spawned launch is awaited (a
+        # supervisor that never hears back would be settled as not started after 30 s).
+        while in_flight:
+            settle_oldest()
+    return out
+
+
+def _done(reply: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """A start that had nothing to launch: its reply is already known."""
+    return lambda: reply
 
 
 def validate_job_id(job_id: str) -> str:
@@ -142,7 +195,14 @@ class Jobs:
             return db.execute("SELECT * FROM jobs WHERE job_id = ?", (row["job_id"],)).fetchone()
 
     # ------------------------------------------------------------------ start
-    def start(
+    def start(self, command: list[str], run_key: str, **options: Any) -> dict[str, Any]:
+        """Start ``command`` under ``run_key`` or return the attempt that must not be repeated.
+
+        Keyword options: see :meth:`begin_start`. Returns ``orchesjob start``'s reply.
+        """
+        return self.begin_start(command, run_key, **options)()
+
+    def begin_start(
         self,
         command: list[str],
         run_key: str,
@@ -156,8 +216,14 @@ class Jobs:
         request_id: str | None = None,
         retry_lost: bool = False,
         labels: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Start ``command`` under ``run_key`` or return the attempt that must not be repeated.
+    ) -> Callable[[], dict[str, Any]]:
+        """Judge and claim a start of ``command`` under ``run_key``; returns the call that completes it.
+
+        Everything that decides (the claim, in one write transaction) is done when this
+        returns, and a launched job's supervisor is already spawned; the returned
+        callable waits for its hand-shake as the mode asks and gives ``orchesjob
+        start``'s reply. It must be called (a job left unawaited still runs: its
+        supervisor owns it, only the reply is lost). Refusals raise here.
 
         ``request_id`` makes the call itself idempotent: a resent request returns
         the job its first copy created, whatever the reuse policy would say now —
@@ -191,7 +257,8 @@ class Jobs:
                     )
                 first = lifecycle.settle_locked(db, same_request["job_id"])
                 if first["status"] != lifecycle.NEVER_LAUNCHED:
-                    return start_reply(job_json(first), accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                    reply = start_reply(job_json(first), accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                    return _done(reply)
                 # The first copy's job never ran: this request is still unserved. Free its id.
                 db.execute(
                     "UPDATE jobs SET request_id = request_id || ' (never launched: ' || job_id || ')' WHERE job_id=?",
@@ -202,7 +269,7 @@ class Jobs:
             existing, override = claim.decide(db, run_key, reuse_policy, retry_lost)
             if existing is not None:
                 job = existing if isinstance(existing, dict) else job_json(existing)
-                return start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER)
+                return _done(start_reply(job, accepted=False, sync=sync, strict=reuse_policy == REUSE_NEVER))
             previous = db.execute(
                 "SELECT job_id FROM jobs WHERE run_key = ? ORDER BY attempt_no DESC LIMIT 1", (run_key,)
             ).fetchone()
@@ -224,8 +291,10 @@ class Jobs:
             )
         return self._launch(job_id, sync=sync, start_timeout=start_timeout, systemd_run=systemd_run)
 
-    def _launch(self, job_id: str, *, sync: bool, start_timeout: float, systemd_run: str | None) -> dict[str, Any]:
-        """Spawn the supervisor (in a scope when ``systemd_run`` is given) and wait as the mode asks."""
+    def _launch(
+        self, job_id: str, *, sync: bool, start_timeout: float, systemd_run: str | None
+    ) -> Callable[[], dict[str, Any]]:
+        """Spawn the supervisor (in a scope when ``systemd_run`` is given); returns the wait the mode asks for."""
         from .supervisor import spawn
 
         os.makedirs(self.logs_dir, mode=0o700, exist_ok=True)
@@ -241,6 +310,9 @@ class Jobs:
             self._abandon_unsupervised(job_id, f"could not spawn the supervisor: {exc}")
             raise OrchesError(f"could not spawn the supervisor for job {job_id}: {exc}", job_id=job_id) from None
         process.kill_point("start:spawned")
+        return lambda: self._await_launch(job_id, notify, sync=sync, start_timeout=start_timeout)
+
+    def _await_launch(self, job_id: str, notify: Notify, *, sync: bool, start_timeout: float) -> dict[str, Any]:
         if not notify.wait_for(b"W", timeout=max(start_timeout, 30.0)):
             # The supervisor never recorded itself (exec failed, or it is stuck). The
             # claimer (maybe a long-lived dispatcher) stays alive, so nobody else would
@@ -589,7 +661,7 @@ class Jobs:
                 rerun_reason=reason,
                 labels=stored_labels(source["labels"]),
             )
-        out = self._launch(new_id, sync=sync, start_timeout=start_timeout, systemd_run=systemd_run)
+        out = self._launch(new_id, sync=sync, start_timeout=start_timeout, systemd_run=systemd_run)()
         out["rerun"] = True
         return out
 

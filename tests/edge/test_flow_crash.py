@@ -72,6 +72,23 @@ def test_kill_at_named_points_then_resume(runner, tmp_path, point, nth):
         assert runner.ok("status", "--run-key", s["run_key"])["attempt_no"] == 1
 
 
+@pytest.mark.parametrize("point", ["intent:6", "started:3", "recorded:2"])
+def test_kill_in_a_fan_out_whose_launches_overlap_then_resume(runner, tmp_path, point):
+    # 12 steps ready at once are launched together: at each point some are claimed and
+    # spawned but not yet recorded by the flow. The resumed loop finds each by its key.
+    markers = tmp_path / "markers"
+    ids = [f"F{i}" for i in range(12)]
+    path = write_flow(tmp_path, [{"id": i, "command": ["sh", "-c", f"echo {i} >> {markers}"]} for i in ids])
+    env = dict(runner.env, ORCHESJOB_FLOW_TEST_KILL_AT=point)
+    r = flow(runner, "start", "--run-key", "fan", path, env=env)
+    assert r.code == -signal.SIGKILL, r.err
+    again = flow(runner, "start", "--run-key", "fan", path)
+    assert again.code == 0, again.err
+    assert again.json["status"] == "SUCCEEDED"
+    assert [s["attempt_no"] for s in again.json["steps"]] == [1] * 12
+    assert_each_ran_once(markers, ids)
+
+
 def test_random_sigkill_of_detached_loop_resumes_exactly(runner, tmp_path):
     rng = random.Random(4)
     for i in range(8):
@@ -149,3 +166,43 @@ def test_detached_start_twice_spawns_one_advancer(runner, tmp_path):
     wait_until(lambda: status(runner, "dd")["status"] == "SUCCEEDED")
     wait_until(lambda: pid_gone(d1["pid"]))
     assert steps_by_id(status(runner, "dd"))["A"]["attempt_no"] == 1
+
+
+def test_a_cancel_during_a_fan_out_launch_stops_the_launches_not_yet_made(tmp_path, monkeypatch):
+    """Ready steps are launched together, but each is recorded RUNNING only just before its
+    own start, while the flow runs: a cancel landing mid-way leaves the rest unlaunched."""
+    from edge_runtime.flow_definition import load
+    from edge_runtime.flow_engine import run_flow
+    from edge_runtime.flow_store import FlowStore
+    from edge_runtime.jobclient import InProcessJobClient
+
+    monkeypatch.setenv("ORCHESJOB_HOME", str(tmp_path / "home"))
+    markers = tmp_path / "markers"
+    ids = [f"F{i}" for i in range(10)]
+    path = write_flow(tmp_path, [{"id": i, "command": ["sh", "-c", f"echo {i} >> {markers}; sleep 30"]} for i in ids])
+    db = str(tmp_path / "flows.sqlite3")
+    flows, other = FlowStore(db, check_dir=False), FlowStore(db, check_dir=False)
+    defn, source = load(path)
+    flows.create_or_resume(defn, "fan", source)
+
+    class CancelsAtTheFourthStart(InProcessJobClient):
+        def start_many(self, starts):
+            def watched():
+                for n, kwargs in enumerate(starts):
+                    if n == 3:  # the 4th step is recorded RUNNING, its job not yet created
+                        other.cancel("fan", self, grace=1)
+                    yield kwargs
+
+            return super().start_many(watched())
+
+    client = CancelsAtTheFourthStart()
+    assert run_flow(flows, "fan", client, 0.2) == "CANCELLED"
+    made = [s for s in ids if client.jobs._latest(f"fan:{s}:1") is not None]
+    assert made == ids[:4], "no step after the cancel was launched"
+    for s in made:  # and none of them is left running
+        assert client.jobs.wait(client.jobs.status(f"fan:{s}:1")["job_id"], timeout=30)["status"] == "ABORTED"
+    ran = markers.read_text().split() if markers.exists() else []
+    assert set(ran) <= set(ids[:4]), ran
+    client.close()
+    flows.close()
+    other.close()
