@@ -202,13 +202,15 @@ class Store:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def write(self) -> _WriteTransaction:
+    def write(self, *, wait: bool = True) -> _WriteTransaction:
         """One write transaction holding the database write lock from its start.
 
         ``with store.write() as db:`` commits on success and rolls back on any
         exception (a class, not ``contextlib``: one import less per CLI call).
+        ``wait=False``: raise ``LockError`` at once if another writer holds the lock,
+        instead of waiting up to the busy timeout.
         """
-        return _WriteTransaction(self)
+        return _WriteTransaction(self, wait)
 
     def one(self, sql: str, params: Sequence = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, params).fetchone()
@@ -246,17 +248,26 @@ def database_error(exc: BaseException, path: str | None = None) -> OrchesError:
 class _WriteTransaction:
     """``BEGIN IMMEDIATE`` on enter; ``COMMIT`` on a clean exit, ``ROLLBACK`` on an exception."""
 
-    __slots__ = ("store",)
+    __slots__ = ("store", "wait")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, wait: bool = True) -> None:
         self.store = store
+        self.wait = wait
 
     def __enter__(self) -> sqlite3.Connection:
+        conn = self.store.conn
         try:
-            self.store.conn.execute("BEGIN IMMEDIATE")
+            if self.wait:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("PRAGMA busy_timeout=0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         except sqlite3.OperationalError as exc:
             raise LockError(f"database is locked: {self.store.path}: {exc}", db=self.store.path) from None
-        return self.store.conn
+        return conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
         self.store.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

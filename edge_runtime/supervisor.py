@@ -297,6 +297,22 @@ def _stop_requested(store: Store, job_id: str) -> tuple[str, float]:
     return lifecycle.ABORTED, lifecycle.LEFTOVER_GRACE
 
 
+def _finish_if_unlocked(store: Store, job_id: str, outcome: dict, killed: bool) -> bool:
+    """Record the terminal status if the write lock is free right now; False (nothing written) if not.
+
+    The common end of a job: its whole tree is gone with the main command, and one
+    commit (an fsync of the WAL) makes the outcome durable. Only when that cannot
+    happen at once does the outcome go to its own record first (two more fsyncs), so
+    that a supervisor killed while it waits for the lock does not take it along.
+    """
+    try:
+        with store.write(wait=False) as db:
+            lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
+        return True
+    except (OrchesError, sqlite3.Error):
+        return False
+
+
 def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool, record: str | None) -> None:
     """Record the terminal status; a locked database or a full disk delays it, never drops it.
 
@@ -371,6 +387,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     deadline = time.monotonic() + timeout if timeout else None
     record_path = lifecycle.outcome_path(row)
     record_pending: str | None = None
+    record_written = finished = False
     outcome = None
     while True:
         tree.reap()
@@ -385,7 +402,11 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
             )
             outcome = {"status": status, "exit_code": 127 if launch_error else code, "error": error}
             process.kill_point("supervisor:main-exited")
-            if running:
+            if running and tree.childless and _finish_if_unlocked(store, job_id, outcome, tree.killed):
+                finished = True  # nothing left of the tree, and the database took the outcome at once
+            elif running:
+                # Leftovers to stop first, or a busy database: the outcome becomes durable on its own.
+                record_written = True
                 try:
                     lifecycle.write_outcome(record_path, outcome)
                 except OSError:
@@ -416,6 +437,8 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
 
     if running:
         process.kill_point("supervisor:tree-gone")
-        _write_until_it_lands(store, job_id, outcome, tree.killed, record_pending)
-        lifecycle.discard_outcome(record_path)
+        if not finished:
+            _write_until_it_lands(store, job_id, outcome, tree.killed, record_pending)
+        if record_written:
+            lifecycle.discard_outcome(record_path)
     tell(b"F")

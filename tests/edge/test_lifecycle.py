@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -284,6 +285,36 @@ def test_database_locked_for_35s_at_exit_delays_the_outcome_but_never_loses_it(r
     done = wait_status(runner, "locked", timeout=20)
     assert (done["status"], done["exit_code"]) == ("FAILED", 5) and done["job_id"] == job["job_id"]
     db.close()
+
+
+def test_a_clean_end_commits_the_outcome_at_once_and_writes_no_separate_record(runner, tmp_path):
+    """The common end (nothing left of the tree, the write lock free): one commit makes the
+    outcome durable; the record file, its fsyncs and its removal are skipped. Seen from the
+    logs directory, which a record's create/rename/unlink would modify."""
+    runner.ok("info")
+    job = runner.ok("start", "--run-key", "clean-end", "--", "sh", "-c", "sleep 0.5; exit 3")
+    logs = os.path.dirname(job["stdout_file"])
+    before = os.stat(logs).st_mtime_ns
+    done = wait_status(runner, "clean-end", timeout=10)
+    assert (done["status"], done["exit_code"]) == ("FAILED", 3)
+    assert os.stat(logs).st_mtime_ns == before, os.listdir(logs)
+
+
+def test_a_supervisor_killed_while_the_database_is_locked_at_exit_keeps_the_real_outcome(runner, tmp_path):
+    runner.ok("info")
+    job = runner.ok("start", "--run-key", "lk", "--", "sh", "-c", "sleep 0.5; exit 6")
+    record = os.path.join(os.path.dirname(job["stdout_file"]), job["job_id"] + ".outcome")
+    db = sqlite3.connect(os.path.join(runner.home, "orchesjob.db"), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")  # the write lock is busy when the command exits
+    try:
+        # Not committable at once: the outcome goes to its own durable record first.
+        assert wait_until(lambda: os.path.exists(record), timeout=10)
+        os.kill(job["worker_pid"], signal.SIGKILL)
+    finally:
+        db.execute("COMMIT")
+        db.close()
+    done = wait_status(runner, "lk", timeout=10)
+    assert (done["status"], done["exit_code"]) == ("FAILED", 6) and done["job_id"] == job["job_id"]
 
 
 # ------------------------------------------------ nothing from the caller's directory
