@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=1000, help="deferred jobs (= triggers) on our side, over all hosts")
     ap.add_argument("--job-seconds", type=int, default=60, help="each job prints one line per second this long")
     ap.add_argument("--poll-interval", type=float, default=5.0, help="trigger poll interval, seconds")
+    ap.add_argument(
+        "--job-kind",
+        choices=("exec", "builtin"),
+        default="exec",
+        help="exec: a shell loop that forks `sleep 1` per line; builtin: one bash, `read -t 1` waits, no fork per line",
+    )
     ap.add_argument("--triggerers", default="1", help="triggerer processes: 1, 2, or 1,2 (our side once with each)")
     ap.add_argument("--side", choices=("ours", "providers", "both"), default="ours")
     ap.add_argument("--prov-levels", default="10,25,50", help="providers-ssh: jobs per host, tried in turn")
@@ -285,7 +291,8 @@ class Side:
 
         host = self.hosts[i % len(self.hosts)]
         delay = (i % SPREAD_STEPS) / SPREAD_STEPS * self.args.poll_interval
-        op = self.make_operator(i, host, job_command(job_seconds, self.marker(i), gate, delay))
+        idle_fifo = os.path.join(self.markers, "idle.fifo") if self.args.job_kind == "builtin" else None
+        op = self.make_operator(i, host, job_command(job_seconds, self.marker(i), gate, delay, idle_fifo))
         try:
             op.execute({"ti": FakeTI(op.task_id, DAG_ID)})
         except TaskDeferred as deferred:
@@ -595,6 +602,8 @@ def main() -> int:
         markers = os.path.join(workdir, "ends")
         os.makedirs(markers)
         os.chmod(markers, 0o1777)
+        os.mkfifo(os.path.join(markers, "idle.fifo"), 0o666)  # --job-kind builtin: waits on it, nobody writes
+        os.chmod(os.path.join(markers, "idle.fifo"), 0o666)
         if args.side in ("ours", "both"):
             results["ours"] = []
             for triggerers in (int(x) for x in args.triggerers.split(",")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -161,22 +162,36 @@ class HostCPU:
                 time.sleep(0.1)
 
 
-def job_command(seconds: int, marker: str, gate: str | None = None, delay: float = 0.0) -> str:
+def job_command(
+    seconds: int, marker: str, gate: str | None = None, delay: float = 0.0, idle_fifo: str | None = None
+) -> str:
     """A line per second for ``seconds``, then the job's real end time into ``marker``.
 
     ``gate``: a file the bench holds an exclusive lock on; the job waits for a shared lock
     (no CPU while waiting) so that jobs started over a long start phase all begin together.
     ``delay``: seconds to wait after the gate, to spread the jobs' ends.
+    ``idle_fifo``: a FIFO nobody writes to. Given, the job is one ``bash`` whose waits are
+    ``read -t`` on it and whose end time is ``$EPOCHREALTIME``: no process per line. Without
+    it, each second forks ``sleep`` (and the end ``date``), as a plain shell script does;
+    with many jobs on few cores (a fleet simulated on one machine) that forking alone can
+    take a core, which real hosts would spread over their own CPUs.
     """
     # One brace group: SSHRemoteJobOperator splices the command into its wrapper and appends
     # `>>log 2>&1`, which would otherwise capture only the last simple command's output.
     wait = f"flock -s {gate} true; " if gate else ""
-    if delay:
-        wait += f"sleep {delay:.2f}; "
-    return (
-        f'{{ {wait}i=0; while [ "$i" -lt {seconds} ]; do echo "tick $i"; i=$((i+1)); sleep 1; done; '
-        f"date +%s.%N > {marker}; }}"
+    if idle_fifo is None:
+        if delay:
+            wait += f"sleep {delay:.2f}; "
+        return (
+            f'{{ {wait}i=0; while [ "$i" -lt {seconds} ]; do echo "tick $i"; i=$((i+1)); sleep 1; done; '
+            f"date +%s.%N > {marker}; }}"
+        )
+    pause = f"read -t {delay:.2f} -u 3 _; " if delay else ""
+    script = (
+        f'exec 3<>{idle_fifo}; {pause}i=0; while [ "$i" -lt {seconds} ]; do echo "tick $i"; i=$((i+1)); '
+        f'read -t 1 -u 3 _; done; echo "$EPOCHREALTIME" > {marker}'
     )
+    return f"{{ {wait}bash -c {shlex.quote(script)}; }}"
 
 
 def job_output_bytes(seconds: int) -> int:

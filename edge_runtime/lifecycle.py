@@ -44,10 +44,12 @@ STARTING → ABORTED/...    ``abort``/``cancel``, when no command was released
                           process and every marked process is provably gone
 ========================  =================================================
 
-The supervisor writes its outcome to an fsynced record next to the logs before
-it touches the database, and retries the database write until it lands; a
-reader settling a job whose supervisor is gone consults that record first, so an
-outcome is never lost to an OOM kill or a locked database, and never guessed.
+The supervisor makes its outcome durable before it waits for anything: when the
+whole tree ended with the main command and the write lock is free, by committing
+it at once; otherwise by writing it to an fsynced record next to the logs, then
+retrying the database write until it lands. A reader settling a job whose
+supervisor is gone consults that record first, so an outcome is never lost to an
+OOM kill or a locked database, and never guessed.
 """
 
 from __future__ import annotations

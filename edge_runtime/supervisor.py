@@ -24,9 +24,11 @@ one can have an effect outside the database:
 5. wait for the command, a stop request (SIGTERM from ``abort``/``cancel``) or the
    host-side timeout; a stop or timeout sends one TERM to every process of the
    tree, then KILL after the grace period;
-6. when the main command exits: write the outcome to a durable record (fsync),
-   stop whatever is left of the tree, and only when nothing of it is alive
-   record the terminal status in the database, retrying until the write lands.
+6. when the main command exits and nothing else of the tree is alive, record the
+   terminal status in the database if the write lock is free (one commit); else
+   write the outcome to a durable record (fsync), stop whatever is left of the
+   tree, and only when nothing of it is alive record the terminal status in the
+   database, retrying until the write lands.
 
 If the supervisor dies between 2 and 4, the gated child reads EOF and exits
 without executing (NEVER_LAUNCHED). After 4, the tree runs on even if we die;
