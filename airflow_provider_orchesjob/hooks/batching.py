@@ -10,7 +10,8 @@ their poll to one :class:`StatusBatcher` instead: the requests that arrive withi
 ``WINDOW`` seconds of the first are sent as one ``orchesjob status --batch -``
 call, and every caller gets back its own entry. The triggers sleep to a wall-clock
 grid of their poll interval (:func:`until_next_tick`), so their polls arrive
-together and one command serves them all.
+together and one command serves them all. Each host's grid has its own phase
+(:func:`tick_phase`), so the hosts' commands spread over the interval.
 """
 
 from __future__ import annotations
@@ -90,16 +91,29 @@ def split_batches(
     return groups
 
 
-def until_next_tick(interval: float, now: float | None = None) -> float:
-    """Seconds until the next multiple of ``interval`` on the wall clock (always > 0).
+def until_next_tick(interval: float, now: float | None = None, phase: float = 0.0) -> float:
+    """Seconds until the next instant ``phase + k * interval`` on the wall clock (always > 0).
 
-    Triggers with the same poll interval then wake at the same instants, in any
-    triggerer process, so their polls land in one batch.
+    Triggers with the same poll interval and phase then wake at the same instants, in
+    any triggerer process, so their polls land in one batch.
     """
     if interval <= 0:
         return 0.0
     now = time.time() if now is None else now
-    return interval - (now % interval)
+    return interval - ((now - phase) % interval)
+
+
+def tick_phase(target: tuple, interval: float) -> float:
+    """Where within each ``interval`` the polls of one host fall, from its ``target_key()``.
+
+    The same for every trigger of that host in every triggerer process (a CRC of the key,
+    not Python's salted ``hash``), so they still share one command per tick; different
+    hosts land at different points of the interval, so a triggerer polling many hosts
+    does not send every host its command, and parse every reply, in the same instant.
+    """
+    import zlib
+
+    return zlib.crc32(repr(target).encode()) / 2**32 * interval if interval > 0 else 0.0
 
 
 class StatusBatcher:

@@ -44,7 +44,7 @@ from ..compat import (
     task_xcom_set_sync,
 )
 from ..exceptions import OrchesJobConnectionError, OrchesJobError, OrchesJobNotFound
-from ..hooks.batching import until_next_tick
+from ..hooks.batching import tick_phase, until_next_tick
 from ..utils.lifecycle import (
     ACTIVE_JOB,
     is_user_kill,
@@ -204,6 +204,7 @@ class _PollingTrigger(BaseTrigger):
 
     async def _loop(self) -> AsyncIterator[TriggerEvent]:
         hook = await self.hook()
+        phase = tick_phase(hook.target_key(), self.poll_interval)
         failing_since: float | None = None
         while True:
             if self.deadline is not None and time.time() >= self.deadline:
@@ -231,8 +232,8 @@ class _PollingTrigger(BaseTrigger):
             if payload is not None:
                 yield TriggerEvent(payload)
                 return
-            # On the wall-clock grid of the interval: polls of many triggers then share one command.
-            sleep = 0 if self._poll_now else until_next_tick(self.poll_interval)
+            # On the host's wall-clock grid of the interval: its triggers' polls then share one command.
+            sleep = 0 if self._poll_now else until_next_tick(self.poll_interval, phase=phase)
             if self.deadline is not None:
                 sleep = max(0.0, min(sleep, self.deadline - time.time()))
             await asyncio.sleep(sleep)

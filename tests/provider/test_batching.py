@@ -8,7 +8,7 @@ import pytest
 
 from airflow_provider_orchesjob.exceptions import OrchesJobNotFound, OrchesJobRuntimeMissing
 from airflow_provider_orchesjob.hooks import OrchesJobHook, batching
-from airflow_provider_orchesjob.hooks.batching import status_batcher, until_next_tick
+from airflow_provider_orchesjob.hooks.batching import status_batcher, tick_phase, until_next_tick
 from tests.conftest import BIN_DIR
 
 
@@ -21,6 +21,27 @@ def test_until_next_tick_lands_on_the_wall_clock_grid(interval, now, expected):
     assert wait == pytest.approx(expected)
     if interval:
         assert 0 < wait <= interval and (now + wait) % interval == pytest.approx(0, abs=1e-9)
+
+
+def test_each_host_polls_on_its_own_phase_of_the_grid_the_same_in_every_process():
+    hosts = [("ssh", "edge", "edge", 2200 + i, "airflow", None, None, None, None) for i in range(40)]
+    phases = [tick_phase(h, 5.0) for h in hosts]
+    assert all(0 <= p < 5.0 for p in phases)
+    assert tick_phase(hosts[3], 5.0) == phases[3], "one host, one phase"
+    assert len({round(p, 6) for p in phases}) == 40, "hosts spread over the interval"
+    assert max(phases) - min(phases) > 2.5
+    # Stable across processes (not Python's salted hash): another interpreter agrees.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from airflow_provider_orchesjob.hooks.batching import tick_phase; "
+         f"print(repr(tick_phase({hosts[7]!r}, 5.0)))"],
+        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert float(out.stdout) == phases[7]
+    wait = until_next_tick(5.0, now=1000.0, phase=phases[7])
+    assert 0 < wait <= 5.0 and (1000.0 + wait - phases[7]) % 5.0 == pytest.approx(0, abs=1e-9)
 
 
 @pytest.fixture
