@@ -176,13 +176,16 @@ def seconds_type(option: str, *, allow_zero: bool = True) -> Callable[[str], flo
     return parse
 
 
-def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, all_: str, job_id: str) -> None:
-    """The selection options ``clean`` has in every CLI (help texts per tool)."""
+def add_clean_options(
+    p: argparse.ArgumentParser, *, before: str, after: str, all_: str, job_id: str | None, run_key: str
+) -> None:
+    """The options ``clean`` has in every CLI (help texts per tool; ``job_id=None``: no --job-id)."""
     p.add_argument("--before", metavar="DATETIME", help=before)
     p.add_argument("--after", metavar="DATETIME", help=after)
     p.add_argument("--all", action="store_true", help=all_)
-    p.add_argument("--job-id", metavar="ID", help=job_id)
-    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
+    if job_id is not None:
+        p.add_argument("--job-id", metavar="ID", help=job_id)
+    p.add_argument("--run-key", metavar="KEY", help=run_key)
     p.add_argument(
         "--older-than",
         metavar="DURATION",
@@ -190,6 +193,12 @@ def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, al
     )
     p.add_argument(
         "--dry-run", action="store_true", help="show what would be deleted (`deleted` is the count it would delete)"
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print only the counts and the selection used (`selection`: before/after, epoch and ISO, and the "
+        "run key), not one entry per deleted row: the output of a retention timer stays a few lines at any size",
     )
 
 
@@ -203,6 +212,47 @@ def clean_window(args: argparse.Namespace) -> dict[str, float | None]:
             raise UsageError("--older-than and --before cannot be combined (--older-than is a --before)")
         before = parse_age(args.older_than, "--older-than")
     return {"before": before, "after": parse_optional_datetime(args.after, "--after")}
+
+
+# The pieces of `emit`'s and `emit_line`'s layouts around a streamed list: what
+# json.dumps(document, indent=2) / separators=(",", ":") print for the same document.
+_INDENTED = {"open": '{\n  "%s": [', "first": "\n    ", "next": ",\n    ", "newline": "\n    ",
+             "close": "\n  ]", "empty": "]", "field": ',\n  "%s": %s', "end": "\n}\n"}  # fmt: skip
+_ONE_LINE = {"open": '{"%s":[', "first": "", "next": ",", "newline": "",
+             "close": "]", "empty": "]", "field": ',"%s":%s', "end": "}\n"}  # fmt: skip
+
+
+def emit_clean(cleaning: Any, summary: bool, *, one_line: bool = False) -> None:
+    """Print a ``store.Cleaning`` as it runs, holding no more than one batch of it, in ``emit``'s
+    layout (``emit_line``'s with ``one_line``).
+
+    The list of deleted rows is written batch by batch and the counts after it
+    (key order does not matter to a JSON parser). If the clean fails part-way,
+    the document is still completed with the counts so far before the error goes
+    to stderr: a caller can always tell how much is gone.
+    """
+    if summary:
+        try:
+            cleaning.run()
+        finally:
+            (emit_line if one_line else emit)({**cleaning.counts(), "selection": cleaning.selection})
+        return
+    layout = _ONE_LINE if one_line else _INDENTED
+    out = sys.stdout.buffer
+    out.write((layout["open"] % cleaning.list_key).encode("ascii"))
+    separator = layout["first"]
+    try:
+        for rows in cleaning.batches():
+            for row in rows:
+                item = cleaning.describe(row)
+                text = json.dumps(item, separators=(",", ":")) if one_line else json.dumps(item, indent=2)
+                out.write((separator + text.replace("\n", layout["newline"])).encode("ascii"))
+                separator = layout["next"]
+    finally:
+        tail = layout["empty"] if separator == layout["first"] else layout["close"]
+        tail += "".join(layout["field"] % (name, json.dumps(value)) for name, value in cleaning.counts().items())
+        out.write((tail + layout["end"]).encode("ascii"))
+        out.flush()
 
 
 def write_text(text: str) -> None:
