@@ -217,8 +217,10 @@ class Cleaning:
             if not self.dry_run:
                 with self.store.write() as db:
                     rows = self._delete_locked(db, page)
-                self.errors += self.deleted_files(rows)
+            # Counted as soon as committed, before anything else may fail: never under-reported.
             self.deleted += len(rows)
+            if not self.dry_run:
+                self.errors += self.deleted_files(rows)
             yield rows
             if len(page) < CLEAN_BATCH:
                 return
