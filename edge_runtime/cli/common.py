@@ -214,12 +214,10 @@ def clean_window(args: argparse.Namespace) -> dict[str, float | None]:
     return {"before": before, "after": parse_optional_datetime(args.after, "--after")}
 
 
-# The pieces of `emit`'s and `emit_line`'s layouts around a streamed list: what
-# json.dumps(document, indent=2) / separators=(",", ":") print for the same document.
-_INDENTED = {"open": '{\n  "%s": [', "first": "\n    ", "next": ",\n    ", "newline": "\n    ",
-             "close": "\n  ]", "empty": "]", "field": ',\n  "%s": %s', "end": "\n}\n"}  # fmt: skip
-_ONE_LINE = {"open": '{"%s":[', "first": "", "next": ",", "newline": "",
-             "close": "]", "empty": "]", "field": ',"%s":%s', "end": "}\n"}  # fmt: skip
+# What json.dumps(document, indent=2) / separators=(",", ":") (`emit`, `emit_line`) print around
+# and between the items of a list that is the document's first key.
+_INDENTED = {"open": '{\n  "%s": [', "close": "\n  ]", "empty": "]", "field": ',\n  "%s": %s', "end": "\n}\n"}
+_ONE_LINE = {"open": '{"%s":[', "close": "]", "empty": "]", "field": ',"%s":%s', "end": "}\n"}
 
 
 def emit_clean(cleaning: Any, summary: bool, *, one_line: bool = False) -> None:
@@ -240,16 +238,22 @@ def emit_clean(cleaning: Any, summary: bool, *, one_line: bool = False) -> None:
     layout = _ONE_LINE if one_line else _INDENTED
     out = sys.stdout.buffer
     out.write((layout["open"] % cleaning.list_key).encode("ascii"))
-    separator = layout["first"]
+    written = False
     try:
         for rows in cleaning.batches():
-            for row in rows:
-                item = cleaning.describe(row)
-                text = json.dumps(item, separators=(",", ":")) if one_line else json.dumps(item, indent=2)
-                out.write((separator + text.replace("\n", layout["newline"])).encode("ascii"))
-                separator = layout["next"]
+            if not rows:
+                continue  # all taken by a concurrent clean
+            # One dumps per batch (not per row: an encoder per call costs more than the row's text),
+            # its brackets cut off; indented, its items moved one level in.
+            items = [cleaning.describe(row) for row in rows]
+            if one_line:
+                text = json.dumps(items, separators=(",", ":"))[1:-1]
+            else:
+                text = json.dumps(items, indent=2)[1:-2].replace("\n", "\n  ")
+            out.write(("," * written + text).encode("ascii"))
+            written = True
     finally:
-        tail = layout["empty"] if separator == layout["first"] else layout["close"]
+        tail = layout["close"] if written else layout["empty"]
         tail += "".join(layout["field"] % (name, json.dumps(value)) for name, value in cleaning.counts().items())
         out.write((tail + layout["end"]).encode("ascii"))
         out.flush()
