@@ -48,18 +48,26 @@ VARIANTS = {  # name -> (extra options, implementations that have them)
 }
 
 
-def measured(argv: list[str], env: dict[str, str], out_path: str) -> dict:
-    """One CLI run with its stdout in ``out_path``: rc, wall, cpu, peak RSS, output bytes and ``deleted``."""
-    with open(out_path, "wb") as out:
-        p = subprocess.run([sys.executable, "-c", MEASURE, *argv], env=env, stdout=out, stderr=subprocess.PIPE)
-    rec = json.loads(p.stderr.decode().strip().splitlines()[-1])
+def measured(argv: list[str], env: dict[str, str]) -> dict:
+    """One CLI run: rc, wall, cpu, peak RSS, output bytes and ``deleted``.
+
+    Its stdout is a pipe read as it comes, as an SSH session's would be (a file on the same
+    disk would have its pages flushed by the clean's own fsyncs), and only counted.
+    """
+    p = subprocess.Popen([sys.executable, "-c", MEASURE, *argv], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)  # fmt: skip
+    head, tail, size = b"", b"", 0
+    while chunk := p.stdout.read(1 << 16):
+        head = head or chunk[:200]
+        tail = (tail + chunk)[-300:]
+        size += len(chunk)
+    err = p.stderr.read()
+    p.wait()
+    rec = json.loads(err.decode().strip().splitlines()[-1])
     if rec["rc"] != 0:
-        raise RuntimeError(f"{argv} failed ({rec['rc']}): {p.stderr.decode(errors='replace')[-500:]}")
-    rec["out_bytes"] = os.path.getsize(out_path)
-    with open(out_path, "rb") as f:  # the counts are first (before) or last (after, streamed)
-        head = f.read(200)
-        f.seek(max(0, rec["out_bytes"] - 300))
-        tail = f.read()
+        raise RuntimeError(f"{argv} failed ({rec['rc']}): {err.decode(errors='replace')[-500:]}")
+    rec["out_bytes"] = size
+    # The counts are first (before: one json.dumps) or last (after: streamed).
     rec["deleted"] = int(re.search(rb'"deleted": (\d+)', head + b"\n" + tail).group(1))
     return rec
 
@@ -86,7 +94,7 @@ def run_size(bins: dict[str, str], work: str, rows: int, reps: int, log) -> list
                     shutil.rmtree(home, ignore_errors=True)
                     shutil.copytree(seeded, home)
                 argv = [os.path.join(bin_dir, "orchesjob"), "clean", "--older-than", "1d", *VARIANTS[variant][0]]
-                rec = measured(argv, home_env(home), os.path.join(work, "out.json"))
+                rec = measured(argv, home_env(home))
                 if rec["deleted"] != rows:  # the schema's own job finished just now: never selected
                     raise RuntimeError(f"{impl} {variant}: deleted {rec['deleted']}, expected {rows}")
                 samples[variant].append(rec)

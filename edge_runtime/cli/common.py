@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, NoReturn
 
+    from ..store import Cleaning
+
 
 def _terminal_columns() -> int:
     """``shutil.get_terminal_size().columns`` without importing shutil (and bz2, lzma ...)."""
@@ -220,8 +222,8 @@ _INDENTED = {"open": '{\n  "%s": [', "close": "\n  ]", "empty": "]", "field": ',
 _ONE_LINE = {"open": '{"%s":[', "close": "]", "empty": "]", "field": ',"%s":%s', "end": "}\n"}
 
 
-def emit_clean(cleaning: Any, summary: bool, *, one_line: bool = False) -> None:
-    """Print a ``store.Cleaning`` as it runs, holding no more than one batch of it, in ``emit``'s
+def emit_clean(cleaning: Cleaning, summary: bool, *, one_line: bool = False) -> None:
+    """Print ``cleaning`` as it runs, holding no more than one batch of it, in ``emit``'s
     layout (``emit_line``'s with ``one_line``).
 
     The list of deleted rows is written batch by batch and the counts after it
