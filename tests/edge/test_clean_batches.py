@@ -130,6 +130,7 @@ def test_summary_prints_the_counts_and_the_selection_only(runner, tmp_path, tool
 
 
 def test_summary_of_one_job_names_it(runner):
+    assert "clean-summary" in runner.ok("info")["capabilities"]
     job = runner.ok("start", "--run-key", "one", "--sync", "--", "true")
     out = runner.ok("clean", "--job-id", job["job_id"], "--summary")
     assert out == {"deleted": 1, "errors": 0, "dry_run": False, "selection": {
