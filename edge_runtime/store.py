@@ -249,7 +249,11 @@ class Cleaning:
             f"WHERE rowid IN ({','.join('?' * len(ids))}) AND ({self._where}) ORDER BY {self.time_column}, row_id",
             [*ids, *self._params],
         ).fetchall()
-        db.executemany(f"DELETE FROM {self.table} WHERE rowid = ?", [(r["row_id"],) for r in rows])
+        # One statement for the batch: SQLite opens a scratch table for every DELETE it runs, and
+        # one per row (executemany) made malloc grow and trim the heap twice a row (~40 % of the CPU).
+        db.execute(
+            f"DELETE FROM {self.table} WHERE rowid IN ({','.join('?' * len(rows))})", [r["row_id"] for r in rows]
+        )
         self.deleted_locked(db, rows)
         return rows
 
