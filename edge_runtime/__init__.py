@@ -23,6 +23,7 @@ CAPABILITIES = (
     "status-batch-poll",
     "env-file",
     "clean-older-than",
+    "clean-summary",  # `clean --summary` in the three CLIs (only the counts and the selection)
     "job-lifecycle-v2",
     "reserve-rearm",
     "job-labels",

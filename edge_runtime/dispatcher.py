@@ -250,8 +250,8 @@ class Dispatcher:
         """Delete terminal reservations older than ``retention`` (batched; see ``Reservations.clean``)."""
         self._next_retention = now() + RETENTION_INTERVAL_S
         before = now() - self.retention
-        result = self.res.clean(before=before)
-        self.log("retention_cleaned", deleted=result["deleted"], before=int(before), retention=self.retention)
+        deleted = self.res.clean(before=before).run().deleted
+        self.log("retention_cleaned", deleted=deleted, before=int(before), retention=self.retention)
 
     def _log_accepted(self) -> None:
         for row in self.res.created_since(self._seen_seq):

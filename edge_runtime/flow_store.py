@@ -14,7 +14,7 @@ import time
 from . import process
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .schema import FLOW_MIGRATIONS, FLOW_TERMINAL
-from .store import Store, has_labels, labels_column, stored_labels
+from .store import Cleaning, Store, has_labels, labels_column, stored_labels
 
 
 def step_run_key(flow_run_key: str, step_id: str, attempt: int) -> str:
@@ -224,59 +224,19 @@ class FlowStore:
         all_: bool = False,
         run_key: str | None = None,
         dry_run: bool = False,
-    ) -> dict[str, Any]:
-        """Delete finished flow runs (SUCCEEDED/FAILED/CANCELLED) by finish time, with their steps.
+    ) -> FlowsCleaning:
+        """Delete finished flow runs (SUCCEEDED/FAILED/CANCELLED) by finish time, with their steps,
+        as the result is iterated.
 
         Unfinished runs are never deleted. Rows go in batches of short write
         transactions; the detached advancer's logs of a deleted run go too. The
         jobs of the steps are orchesjob's (``orchesjob clean``).
         """
-        from .store import CLEAN_BATCH, clean_selection
-        from .timefmt import with_iso
-
         if before is None and after is None and not all_ and run_key is None:
             raise UsageError("choose what to clean: --all, --run-key, --before, --older-than or --after")
         if all_ and (before is not None or after is not None):
             raise UsageError("--all cannot be combined with --before/--older-than/--after")
-        where, params = clean_selection("finished_at", FLOW_TERMINAL, before=before, after=after, run_key=run_key)
-        rows = self.store.all(
-            f"SELECT run_key, flow_id, status, finished_at FROM flow_runs WHERE {where} ORDER BY finished_at, run_key",
-            params,
-        )
-        deleted = len(rows) if dry_run else 0
-        marks = ",".join("?" * len(FLOW_TERMINAL))
-        for i in range(0, 0 if dry_run else len(rows), CLEAN_BATCH):
-            keys = [r["run_key"] for r in rows[i : i + CLEAN_BATCH]]
-            with self.store.write() as db:
-                deleted += db.execute(
-                    f"DELETE FROM flow_runs WHERE run_key IN ({','.join('?' * len(keys))}) AND status IN ({marks})",
-                    [*keys, *FLOW_TERMINAL],
-                ).rowcount
-        errors = 0 if dry_run else self._remove_logs([r["run_key"] for r in rows])
-        runs = []
-        for r in rows:
-            item = {"run_key": r["run_key"], "flow_id": r["flow_id"], "status": r["status"]}
-            with_iso(item, "finished_at", r["finished_at"])
-            runs.append(item)
-        return {"deleted": deleted, "errors": errors, "dry_run": dry_run, "matched": len(rows), "runs": runs}
-
-    def _remove_logs(self, run_keys: list[str]) -> int:
-        from .cli.flow import safe_key
-        from .home import log_files, logs_dir
-
-        errors = 0
-        directory = logs_dir(os.path.dirname(self.path))
-        for key in run_keys:
-            if self.store.one("SELECT 1 FROM flow_runs WHERE run_key = ?", (key,)) is not None:
-                continue  # not deleted (e.g. repaired meanwhile)
-            for path in log_files(directory, f"orchesjob-flow-{safe_key(key)}", ".log"):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    errors += 1
-        return errors
+        return FlowsCleaning(self.store, before=before, after=after, run_key=run_key, dry_run=dry_run)
 
     # -------------------------------------------------------------- cancel
     def cancel(self, run_key: str, client: Any, grace: float | None) -> dict[str, Any]:
@@ -474,3 +434,30 @@ def step_json(flow_run_key: str, r: sqlite3.Row) -> dict[str, Any]:
         "error": r["error"],
         "orchesjob_status": json.loads(r["orchesjob_status"]) if r["orchesjob_status"] else None,
     }
+
+
+class FlowsCleaning(Cleaning):
+    """``orchesjob-flow clean``: runs by finish time; their steps go by cascade, then the advancer's logs."""
+
+    table = "flow_runs"
+    columns = "run_key, flow_id, status, finished_at"
+    time_column = "finished_at"
+    statuses = FLOW_TERMINAL
+    list_key = "runs"
+    fields = ("deleted", "errors", "dry_run", "matched")
+
+    def describe(self, row: sqlite3.Row) -> dict[str, Any]:
+        from .timefmt import with_iso
+
+        item = {"run_key": row["run_key"], "flow_id": row["flow_id"], "status": row["status"]}
+        with_iso(item, "finished_at", row["finished_at"])
+        return item
+
+    def deleted_files(self, rows: list[sqlite3.Row]) -> int:
+        from .cli.flow import safe_key
+        from .home import log_files, logs_dir
+
+        directory = logs_dir(os.path.dirname(self.store.path))
+        return self.remove(
+            path for r in rows for path in log_files(directory, f"orchesjob-flow-{safe_key(r['run_key'])}", ".log")
+        )

@@ -42,9 +42,8 @@ from .schema import (
     TERMINAL_JOB_STATUSES,
 )
 from .store import (
-    CLEAN_BATCH,
+    Cleaning,
     Store,
-    clean_selection,
     has_labels,
     stored_labels,
     validate_labels,
@@ -676,8 +675,8 @@ class Jobs:
         run_key: str | None = None,
         dry_run: bool = False,
         forget_keys: bool = False,
-    ) -> dict[str, Any]:
-        """Delete terminal jobs (and logs) by the spec's selection rules.
+    ) -> JobsCleaning:
+        """Delete terminal jobs (and logs) by the spec's selection rules, as the result is iterated.
 
         The ``run_keys`` row survives (remembering the last outcome) so a
         consumed strict key stays consumed, unless ``forget_keys`` is set.
@@ -693,67 +692,15 @@ class Jobs:
                 raise UsageError("choose what to clean: one of --before, --after, --all, or --job-id is required")
             if all_ and (before is not None or after is not None):
                 raise UsageError("--all cannot be combined with --before or --after")
-        where, params = clean_selection(
-            "finished_at",
-            TERMINAL_JOB_STATUSES,
+        return JobsCleaning(
+            self.store,
             before=before,
             after=after,
             run_key=run_key,
-            **({"where": "job_id = ?", "params": [job_id]} if job_id is not None else {}),
+            by_id=("job_id", job_id) if job_id is not None else None,
+            dry_run=dry_run,
+            forget_keys=forget_keys,
         )
-        errors = 0
-        # Selected without the write lock, deleted in batches of short write transactions
-        # (CLEAN_BATCH rows each): a large clean never stalls a supervisor recording an outcome.
-        rows = self.store.all(f"SELECT * FROM jobs WHERE {where} ORDER BY finished_at, attempt_no", params)
-        deleted = len(rows) if dry_run else 0
-        for i in range(0, 0 if dry_run else len(rows), CLEAN_BATCH):
-            with self.store.write() as db:
-                gone = self._delete_jobs_locked(db, rows[i : i + CLEAN_BATCH], forget_keys)
-            deleted += len(gone)
-            for r in gone:
-                # Logs, and an outcome record a crash may have left (the database already holds it).
-                record = lifecycle.outcome_path(r)
-                for path in (r["stdout_file"], r["stderr_file"], record, record + ".tmp"):
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
-                    except OSError:
-                        errors += 1
-        items = []
-        for r in rows:
-            item = {"job_id": r["job_id"], "run_key": r["run_key"], "status": r["status"]}
-            with_iso(item, "selected_at", r["finished_at"])
-            items.append(item)
-        return {"deleted": deleted, "errors": errors, "dry_run": dry_run, "items": items}
-
-    @staticmethod
-    def _delete_jobs_locked(db: sqlite3.Connection, rows: list[sqlite3.Row], forget_keys: bool) -> list[sqlite3.Row]:
-        """Delete those of ``rows`` that are still terminal (one batch, under the write lock); returns them."""
-        marks = ",".join("?" * len(TERMINAL_JOB_STATUSES))
-        rows = db.execute(
-            f"SELECT * FROM jobs WHERE job_id IN ({','.join('?' * len(rows))}) AND status IN ({marks})",
-            [*(r["job_id"] for r in rows), *TERMINAL_JOB_STATUSES],
-        ).fetchall()
-        for r in rows:
-            if r["status"] == "NEVER_LAUNCHED":
-                continue  # nothing ran: it must not hide the outcome of an attempt that did
-            # Remember the outcome of a key's newest launched attempt before its row goes.
-            db.execute(
-                "UPDATE run_keys SET last_job_id=?, last_status=?, last_exit_code=?, last_finished_at=?, "
-                "last_attempt_no=? WHERE run_key=? AND "
-                "COALESCE(last_attempt_no, CASE WHEN last_status IS NULL THEN 0 ELSE attempts END) < ?",
-                (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["attempt_no"], r["run_key"],
-                 r["attempt_no"]),
-            )  # fmt: skip
-        db.executemany("DELETE FROM jobs WHERE job_id = ?", [(r["job_id"],) for r in rows])
-        if forget_keys:
-            keys = {r["run_key"] for r in rows}
-            db.executemany(
-                "DELETE FROM run_keys WHERE run_key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_key = ?)",
-                [(k, k) for k in keys],
-            )
-        return rows
 
     # ------------------------------------------------------------------ stats
     def stats(self, hours: float) -> dict[str, Any]:
@@ -775,6 +722,52 @@ class Jobs:
         out["orchesjob_home"] = self.home
         out["orchesjob_db"] = self.db_path
         return out
+
+
+class JobsCleaning(Cleaning):
+    """``orchesjob clean``: jobs by finish time, with their logs and outcome records."""
+
+    table = "jobs"
+    columns = "job_id, run_key, attempt_no, status, exit_code, finished_at, stdout_file, stderr_file"
+    time_column = "finished_at"
+    statuses = TERMINAL_JOB_STATUSES
+    list_key = "items"
+
+    def __init__(self, store: Store, *, forget_keys: bool = False, **selection: Any) -> None:
+        super().__init__(store, **selection)
+        self.forget_keys = forget_keys
+
+    def describe(self, row: sqlite3.Row) -> dict[str, Any]:
+        item = {"job_id": row["job_id"], "run_key": row["run_key"], "status": row["status"]}
+        with_iso(item, "selected_at", row["finished_at"])
+        return item
+
+    def deleted_locked(self, db: sqlite3.Connection, rows: list[sqlite3.Row]) -> None:
+        for r in rows:
+            if r["status"] == "NEVER_LAUNCHED":
+                continue  # nothing ran: it must not hide the outcome of an attempt that did
+            # Remember the outcome of a key's newest launched attempt now that its row is gone.
+            db.execute(
+                "UPDATE run_keys SET last_job_id=?, last_status=?, last_exit_code=?, last_finished_at=?, "
+                "last_attempt_no=? WHERE run_key=? AND "
+                "COALESCE(last_attempt_no, CASE WHEN last_status IS NULL THEN 0 ELSE attempts END) < ?",
+                (r["job_id"], r["status"], r["exit_code"], r["finished_at"], r["attempt_no"], r["run_key"],
+                 r["attempt_no"]),
+            )  # fmt: skip
+        if self.forget_keys:
+            keys = {r["run_key"] for r in rows}
+            db.executemany(
+                "DELETE FROM run_keys WHERE run_key = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_key = ?)",
+                [(k, k) for k in keys],
+            )
+
+    def deleted_files(self, rows: list[sqlite3.Row]) -> int:
+        paths: list[str] = []
+        for r in rows:
+            # Logs, and an outcome record a crash may have left (the database already holds it).
+            record = lifecycle.outcome_path(r)
+            paths += (r["stdout_file"], r["stderr_file"], record, record + ".tmp")
+        return self.remove(paths)
 
 
 def open_jobs(home: str | None = None) -> Jobs:

@@ -23,7 +23,7 @@ import sqlite3
 from .errors import InvalidState, NotFound, OrchesError, UsageError
 from .home import reserver_db_path
 from .schema import RESERVATION_STATUSES, RESERVER_MIGRATIONS, TERMINAL_RESERVATION_STATUSES
-from .store import CLEAN_BATCH, Store, clean_selection, new_id, validate_run_key
+from .store import Cleaning, Store, new_id, validate_run_key
 from .timefmt import epoch_value, now, with_iso
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -353,46 +353,23 @@ class Reservations:
         reservation_id: str | None = None,
         run_key: str | None = None,
         dry_run: bool = False,
-    ) -> dict[str, Any]:
-        """Delete terminal reservations by the spec's selection rules (never RESERVED/DISPATCHING)."""
+    ) -> ReservationsCleaning:
+        """Delete terminal reservations by the spec's selection rules (never RESERVED/DISPATCHING),
+        as the result is iterated."""
         if job_id is not None or reservation_id is not None:
             if job_id is not None and reservation_id is not None:
                 raise UsageError("--job-id and --reservation-id cannot be combined")
             if before is not None or after is not None or all_ or run_key is not None:
                 option = "--job-id" if job_id is not None else "--reservation-id"
                 raise UsageError(f"{option} cannot be combined with --all, --before, --after, or --run-key")
-            by_id = ("job_id = ?", [job_id]) if job_id is not None else ("reservation_id = ?", [reservation_id])
+            by_id = ("job_id", job_id) if job_id is not None else ("reservation_id", reservation_id)
         else:
             if before is None and after is None and not all_:
                 raise UsageError("Specify --all, --job-id, --reservation-id, --before, or --after (what to clean)")
-            by_id = (None, [])
-        where, params = clean_selection(
-            "updated_at",
-            TERMINAL_RESERVATION_STATUSES,
-            before=before,
-            after=after,
-            run_key=run_key,
-            where=by_id[0],
-            params=by_id[1],
+            by_id = None
+        return ReservationsCleaning(
+            self.store, before=before, after=after, run_key=run_key, by_id=by_id, dry_run=dry_run
         )
-        rows = self.store.all(f"SELECT * FROM reservations WHERE {where} ORDER BY updated_at, seq", params)
-        deleted = len(rows) if dry_run else 0
-        if not dry_run:
-            # Short transactions: the write lock is never held for more than one batch.
-            marks = ",".join("?" * len(TERMINAL_RESERVATION_STATUSES))
-            for i in range(0, len(rows), CLEAN_BATCH):
-                batch = [r["seq"] for r in rows[i : i + CLEAN_BATCH]]
-                with self.store.write() as db:
-                    deleted += db.execute(
-                        f"DELETE FROM reservations WHERE seq IN ({','.join('?' * len(batch))}) AND status IN ({marks})",
-                        [*batch, *TERMINAL_RESERVATION_STATUSES],
-                    ).rowcount
-        return {
-            "deleted": deleted,
-            "dry_run": dry_run,
-            "matched": len(rows),
-            "reservations": [reservation_json(r) for r in rows],
-        }
 
     # ------------------------------------------------- dispatcher primitives
     def max_seq(self) -> int:
@@ -490,3 +467,17 @@ class Reservations:
                 (note, t, reservation_id),
             )
             return self._by_id_locked(db, reservation_id)
+
+
+class ReservationsCleaning(Cleaning):
+    """``orchesjob-reserver clean``: reservations by ``updated_at`` (no files of their own)."""
+
+    table = "reservations"
+    columns = "*"
+    time_column = "updated_at"
+    statuses = TERMINAL_RESERVATION_STATUSES
+    list_key = "reservations"
+    fields = ("deleted", "dry_run", "matched")
+
+    def describe(self, row: sqlite3.Row) -> dict[str, Any]:
+        return reservation_json(row)

@@ -301,4 +301,9 @@ FLOW_MIGRATIONS = (
     """
     ALTER TABLE flow_runs ADD COLUMN labels TEXT
     """,
+    # 3: `clean` pages through finished runs by (finished_at, rowid); without this index
+    # every page of 200 read the whole table (a retention run over 10^6 runs: 5,000 scans).
+    """
+    CREATE INDEX flow_runs_finished_at ON flow_runs (finished_at)
+    """,
 )

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, NoReturn
 
+    from ..store import Cleaning
+
 
 def _terminal_columns() -> int:
     """``shutil.get_terminal_size().columns`` without importing shutil (and bz2, lzma ...)."""
@@ -176,13 +178,16 @@ def seconds_type(option: str, *, allow_zero: bool = True) -> Callable[[str], flo
     return parse
 
 
-def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, all_: str, job_id: str) -> None:
-    """The selection options ``clean`` has in every CLI (help texts per tool)."""
+def add_clean_options(
+    p: argparse.ArgumentParser, *, before: str, after: str, all_: str, job_id: str | None, run_key: str
+) -> None:
+    """The options ``clean`` has in every CLI (help texts per tool; ``job_id=None``: no --job-id)."""
     p.add_argument("--before", metavar="DATETIME", help=before)
     p.add_argument("--after", metavar="DATETIME", help=after)
     p.add_argument("--all", action="store_true", help=all_)
-    p.add_argument("--job-id", metavar="ID", help=job_id)
-    p.add_argument("--run-key", metavar="KEY", help="restrict to this run key")
+    if job_id is not None:
+        p.add_argument("--job-id", metavar="ID", help=job_id)
+    p.add_argument("--run-key", metavar="KEY", help=run_key)
     p.add_argument(
         "--older-than",
         metavar="DURATION",
@@ -190,6 +195,12 @@ def add_clean_options(p: argparse.ArgumentParser, *, before: str, after: str, al
     )
     p.add_argument(
         "--dry-run", action="store_true", help="show what would be deleted (`deleted` is the count it would delete)"
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print only the counts and the selection used (`selection`: before/after, epoch and ISO, and the "
+        "run key), not one entry per deleted row: the output of a retention timer stays a few lines at any size",
     )
 
 
@@ -203,6 +214,51 @@ def clean_window(args: argparse.Namespace) -> dict[str, float | None]:
             raise UsageError("--older-than and --before cannot be combined (--older-than is a --before)")
         before = parse_age(args.older_than, "--older-than")
     return {"before": before, "after": parse_optional_datetime(args.after, "--after")}
+
+
+# What json.dumps(document, indent=2) / separators=(",", ":") (`emit`, `emit_line`) print around
+# and between the items of a list that is the document's first key.
+_INDENTED = {"open": '{\n  "%s": [', "close": "\n  ]", "empty": "]", "field": ',\n  "%s": %s', "end": "\n}\n"}
+_ONE_LINE = {"open": '{"%s":[', "close": "]", "empty": "]", "field": ',"%s":%s', "end": "}\n"}
+
+
+def emit_clean(cleaning: Cleaning, summary: bool, *, one_line: bool = False) -> None:
+    """Print ``cleaning`` as it runs, holding no more than one batch of it, in ``emit``'s
+    layout (``emit_line``'s with ``one_line``).
+
+    The list of deleted rows is written batch by batch and the counts after it
+    (key order does not matter to a JSON parser). If the clean fails part-way,
+    the document is still completed with the counts so far before the error goes
+    to stderr: a caller can always tell how much is gone.
+    """
+    if summary:
+        try:
+            cleaning.run()
+        finally:
+            (emit_line if one_line else emit)({**cleaning.counts(), "selection": cleaning.selection})
+        return
+    layout = _ONE_LINE if one_line else _INDENTED
+    out = sys.stdout.buffer
+    out.write((layout["open"] % cleaning.list_key).encode("ascii"))
+    written = False
+    try:
+        for rows in cleaning.batches():
+            if not rows:
+                continue  # all taken by a concurrent clean
+            # One dumps per batch (not per row: an encoder per call costs more than the row's text),
+            # its brackets cut off; indented, its items moved one level in.
+            items = [cleaning.describe(row) for row in rows]
+            if one_line:
+                text = json.dumps(items, separators=(",", ":"))[1:-1]
+            else:
+                text = json.dumps(items, indent=2)[1:-2].replace("\n", "\n  ")
+            out.write(("," * written + text).encode("ascii"))
+            written = True
+    finally:
+        tail = layout["close"] if written else layout["empty"]
+        tail += "".join(layout["field"] % (name, json.dumps(value)) for name, value in cleaning.counts().items())
+        out.write((tail + layout["end"]).encode("ascii"))
+        out.flush()
 
 
 def write_text(text: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError
-from .common import Parser, add_format_option, run_cli, seconds_type, show, write_text
+from .common import Parser, add_clean_options, add_format_option, run_cli, seconds_type, show, write_text
 from .common import emit_line as emit  # every command prints one line, as the public orchesjob-flow
 
 # typing costs ~2 ms of start-up per poll; annotations are strings anyway.
@@ -165,19 +165,20 @@ def build_parser() -> Parser:
         "clean",
         help="delete finished flow runs (and their detached logs)",
         usage="orchesjob-flow clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
-        "--run-key KEY) [--run-key KEY] [--dry-run]",
+        "--run-key KEY) [--run-key KEY] [--dry-run] [--summary]",
         description="Delete SUCCEEDED, FAILED and CANCELLED flow runs by finish time, with their step state "
-        "and the detached advancer's logs; unfinished runs are never deleted. Deletes in short transactions. "
-        "The steps' jobs are orchesjob's: clean them with `orchesjob clean`.",
+        "and the detached advancer's logs; unfinished runs are never deleted. Rows are read and deleted in "
+        "batches of 200, one short transaction each, `runs` is printed as they go; for a retention timer, "
+        "--summary prints only the counts. The steps' jobs are orchesjob's: clean them with `orchesjob clean`.",
     )
-    p.add_argument("--before", metavar="DATETIME", help="runs finished before this time")
-    p.add_argument("--after", metavar="DATETIME", help="runs finished at or after this time")
-    p.add_argument(
-        "--older-than", metavar="DURATION", help="runs finished more than DURATION ago (30d, 12h ...): for retention"
+    add_clean_options(
+        p,
+        before="runs finished before this time",
+        after="runs finished at or after this time",
+        all_="every finished run",
+        job_id=None,
+        run_key="only this flow run",
     )
-    p.add_argument("--all", action="store_true", help="every finished run")
-    p.add_argument("--run-key", metavar="KEY", help="only this flow run")
-    p.add_argument("--dry-run", action="store_true", help="show what would be deleted (`deleted` counts it)")
 
     sub.add_parser("example", help="print an example flow (YAML)")
 
@@ -244,7 +245,7 @@ def main(argv: list[str]) -> int:
     # Validated before the database is opened: bad input writes nothing.
     window = args.defn = None
     if args.cmd == "clean":
-        from .common import clean_window
+        from .common import clean_window, emit_clean
 
         window = clean_window(args)
     elif args.cmd in ("start", "repair") and args.flow_file:
@@ -262,7 +263,8 @@ def main(argv: list[str]) -> int:
     flows = FlowStore(db_path(args), check_dir=not args.db)
     if window is not None:
         try:
-            emit(flows.clean(**window, all_=args.all, run_key=args.run_key, dry_run=args.dry_run))
+            cleaning = flows.clean(**window, all_=args.all, run_key=args.run_key, dry_run=args.dry_run)
+            emit_clean(cleaning, args.summary, one_line=True)
         finally:
             flows.close()
         return 0

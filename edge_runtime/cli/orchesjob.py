@@ -16,6 +16,7 @@ from .common import (
     add_format_option,
     clean_window,
     emit,
+    emit_clean,
     merge_env,
     parse_labels,
     read_json_input,
@@ -261,12 +262,13 @@ def build_parser() -> Parser:
         "clean",
         help="delete terminal jobs and their logs",
         usage="orchesjob clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
-        "--job-id ID) [--run-key KEY] [--dry-run] [--forget-keys]",
+        "--job-id ID) [--run-key KEY] [--dry-run] [--forget-keys] [--summary]",
         description="Delete terminal jobs (by finish time) with their log files; active jobs are never "
         "deleted. DATETIME is epoch seconds or ISO 8601 (no offset = local time). A cleaned run key "
-        "stays consumed for --strict/failed-only starts unless --forget-keys is given. Rows are deleted in "
-        "batches of 200, one short write transaction each. For retention, run `clean --older-than 30d` "
-        "from a timer (docs/orchesjob.md).",
+        "stays consumed for --strict/failed-only starts unless --forget-keys is given. Rows are read and "
+        "deleted in batches of 200, one short write transaction each, and `items` is printed as they go: "
+        "memory stays flat at any number of jobs. For retention, run `clean --older-than 30d --summary` "
+        "from a timer (docs/orchesjob.md): only the counts are printed.",
     )
     add_clean_options(
         p,
@@ -274,6 +276,7 @@ def build_parser() -> Parser:
         after="terminal jobs finished at or after this time",
         all_="all terminal jobs",
         job_id="one specific terminal job",
+        run_key="restrict to this run key",
     )
     p.add_argument(
         "--forget-keys",
@@ -376,16 +379,15 @@ def main(argv: list[str]) -> int:
         path = jobs.log_path(args.stream, args.run_key, args.job_id)
         _copy_file(path)
     elif cmd == "clean":
-        emit(
-            jobs.clean(
-                **clean_window(args),
-                all_=args.all,
-                job_id=args.job_id,
-                run_key=args.run_key,
-                dry_run=args.dry_run,
-                forget_keys=args.forget_keys,
-            )
+        cleaning = jobs.clean(
+            **clean_window(args),
+            all_=args.all,
+            job_id=args.job_id,
+            run_key=args.run_key,
+            dry_run=args.dry_run,
+            forget_keys=args.forget_keys,
         )
+        emit_clean(cleaning, args.summary)
     elif cmd in ("abort", "cancel"):
         emit(
             jobs.stop(

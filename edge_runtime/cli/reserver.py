@@ -19,6 +19,7 @@ from .common import (
     add_format_option,
     clean_window,
     emit,
+    emit_clean,
     run_cli,
     seconds_type,
     show,
@@ -232,9 +233,11 @@ def build_parser() -> Parser:
         "clean",
         help="delete terminal reservations",
         usage="orchesjob-reserver clean (--before DATETIME | --older-than DURATION | --after DATETIME | --all | "
-        "--job-id ID | --reservation-id ID) [--run-key KEY] [--dry-run]",
+        "--job-id ID | --reservation-id ID) [--run-key KEY] [--dry-run] [--summary]",
         description="Delete terminal reservations (DISPATCHED, CANCELLED, EXPIRED, DISPATCH_FAILED) by "
-        "updated_at; RESERVED and DISPATCHING are never deleted. Jobs are not touched (use orchesjob clean).",
+        "updated_at; RESERVED and DISPATCHING are never deleted. Jobs are not touched (use orchesjob clean). "
+        "Rows are read and deleted in batches of 200, `reservations` is printed as they go; for a retention "
+        "timer, --summary prints only the counts.",
     )
     _common(p)
     add_clean_options(
@@ -243,6 +246,7 @@ def build_parser() -> Parser:
         after="updated at or after this time",
         all_="all terminal reservations (optionally of --run-key)",
         job_id="the reservation linked to this job",
+        run_key="restrict to this run key",
     )
     p.add_argument("--reservation-id", metavar="ID", help="one reservation")
     return parser
@@ -329,16 +333,15 @@ def main(argv: list[str]) -> int:
 
     if cmd == "clean":
         window = clean_window(args)
-        emit(
-            Reservations(args.db).clean(
-                **window,
-                all_=args.all,
-                job_id=args.job_id,
-                reservation_id=args.reservation_id,
-                run_key=args.run_key,
-                dry_run=args.dry_run,
-            )
+        cleaning = Reservations(args.db).clean(
+            **window,
+            all_=args.all,
+            job_id=args.job_id,
+            reservation_id=args.reservation_id,
+            run_key=args.run_key,
+            dry_run=args.dry_run,
         )
+        emit_clean(cleaning, args.summary)
         return 0
 
     res = Reservations(args.db)

@@ -58,7 +58,7 @@ def flag_pool() -> dict[str, dict[str, list[str]]]:
     start = ["--run-key", "--sync", "--strict", "--reuse-policy", "--start-timeout", "--cwd", "--env", "--env-file",
              "--timeout", "--request-id", "--retry-lost"]  # fmt: skip
     sel = ["--run-key", "--job-id"]
-    clean = ["--before", "--after", "--all", "--job-id", "--run-key", "--dry-run", "--older-than"]
+    clean = ["--before", "--after", "--all", "--job-id", "--run-key", "--dry-run", "--older-than", "--summary"]
     return {
         "orchesjob": {
             "start": start,
@@ -98,15 +98,15 @@ def flag_pool() -> dict[str, dict[str, list[str]]]:
             "cancel": ["--run-key", "--grace-seconds"],
             "repair": ["--run-key", "--downstream", "--replace-definition", "FLOW"],
             "graph": ["--run-key", "--file", "--format"],
-            "clean": ["--before", "--after", "--older-than", "--all", "--run-key", "--dry-run"],
+            "clean": ["--before", "--after", "--older-than", "--all", "--run-key", "--dry-run", "--summary"],
             "tick": ["--run-key"],
             "example": [],
         },
     }
 
 
-BOOLEAN = {"--sync", "--strict", "--running", "--all", "--dry-run", "--forget-keys", "--once", "--include-job",
-           "--replace-definition", "--downstream", "--retry-lost"}  # fmt: skip
+BOOLEAN = {"--sync", "--strict", "--running", "--all", "--dry-run", "--summary", "--forget-keys", "--once",
+           "--include-job", "--replace-definition", "--downstream", "--retry-lost"}  # fmt: skip
 
 
 def flow_files(tmp_path) -> list[str]:
