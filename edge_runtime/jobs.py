@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 STOP_WAIT_MARGIN = 10.0
 MAX_LIST_LIMIT = 100_000
 LIST_PAGE = 500
-# Supervisors whose hand-shake ``start_many`` awaits at once: enough to overlap a
+# Supervisors whose hand-shake ``overlap_starts`` awaits at once: enough to overlap a
 # fan-out's launches on a few cores, few enough that their first writes do not
 # queue on the database's write lock.
 LAUNCH_WINDOW = 16
