@@ -315,7 +315,19 @@ def main() -> None:
     ap.add_argument("--img-dir", default=os.path.join(ROOT, "docs", "img"))
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--from-json", metavar="PATH", help="report and plot the figures a --json run wrote; no measuring")
     args = ap.parse_args()
+
+    if args.from_json:  # the figures of an earlier run: report and plot them again, measure nothing
+        with open(args.from_json) as f:
+            results = json.load(f)
+        bench = Bench(args, "", "")
+        bench.impls = {impl: "" for rows in results.values() for impl in (x["impl"] for x in rows)}
+        bench.results = results
+        bench.report()
+        if not args.no_plot:
+            bench.plots(args.img_dir)
+        return
 
     work = tempfile.mkdtemp(prefix="bench-curves-")
     try:
