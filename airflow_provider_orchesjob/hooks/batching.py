@@ -104,12 +104,15 @@ def until_next_tick(interval: float, now: float | None = None, phase: float = 0.
 
 
 def tick_phase(target: tuple, interval: float) -> float:
-    """Where within each ``interval`` the polls of one host fall, from its ``target_key()``.
+    """Where within each ``interval`` the polls of one host fall, from what names it (``target``).
 
-    The same for every trigger of that host in every triggerer process (a CRC of the key,
-    not Python's salted ``hash``), so they still share one command per tick; different
-    hosts land at different points of the interval, so a triggerer polling many hosts
-    does not send every host its command, and parse every reply, in the same instant.
+    ``target`` holds plain values (strings, numbers, None) that every trigger polling that
+    host with those edge settings has alike, e.g. its connection id, host override and
+    state home. The phase is the same for all of them in every triggerer process (a CRC
+    of the values, not Python's salted ``hash``), so they still share one command per
+    tick; different hosts land at different points of the interval, so a triggerer
+    polling many hosts does not send every host its command, and parse every reply, in
+    the same instant.
     """
     import zlib
 

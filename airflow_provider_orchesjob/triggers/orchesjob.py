@@ -204,7 +204,10 @@ class _PollingTrigger(BaseTrigger):
 
     async def _loop(self) -> AsyncIterator[TriggerEvent]:
         hook = await self.hook()
-        phase = tick_phase(hook.target_key(), self.poll_interval)
+        # What names the host and its edge settings, as the trigger was given it: triggers
+        # that share a batch share these, so they wake together in any triggerer process.
+        host = (self.transport, self.ssh_conn_id, self.remote_host, self.orchesjob_home, self.bin_dir)
+        phase = tick_phase(host, self.poll_interval)
         failing_since: float | None = None
         while True:
             if self.deadline is not None and time.time() >= self.deadline:
