@@ -308,11 +308,15 @@ def _finish_if_unlocked(store: Store, job_id: str, outcome: dict, killed: bool) 
     that a supervisor killed while it waits for the lock does not take it along.
     """
     try:
-        with store.write(wait=False) as db:
-            lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
+        _record_terminal(store, job_id, outcome, killed, wait=False)
         return True
     except (OrchesError, sqlite3.Error):
         return False
+
+
+def _record_terminal(store: Store, job_id: str, outcome: dict, killed: bool, *, wait: bool = True) -> None:
+    with store.write(wait=wait) as db:
+        lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
 
 
 def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool, record: str | None) -> None:
@@ -329,8 +333,7 @@ def _write_until_it_lands(store: Store, job_id: str, outcome: dict, killed: bool
             except OSError:
                 pass
         try:
-            with store.write() as db:
-                lifecycle.finish(db, job_id, outcome["status"], outcome["exit_code"], outcome["error"], killed)
+            _record_terminal(store, job_id, outcome, killed)
             return
         except (OrchesError, sqlite3.Error):
             # Locked past the busy timeout, disk full, I/O error: the supervisor is the only
@@ -389,7 +392,7 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
     deadline = time.monotonic() + timeout if timeout else None
     record_path = lifecycle.outcome_path(row)
     record_pending: str | None = None
-    record_written = finished = False
+    finished = False  # the outcome went straight to the database: no separate record was written
     outcome = None
     while True:
         tree.reap()
@@ -408,7 +411,6 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
                 finished = True  # nothing left of the tree, and the database took the outcome at once
             elif running:
                 # Leftovers to stop first, or a busy database: the outcome becomes durable on its own.
-                record_written = True
                 try:
                     lifecycle.write_outcome(record_path, outcome)
                 except OSError:
@@ -441,6 +443,5 @@ def supervise(db_path: str, job_id: str, notify_fd: int) -> None:
         process.kill_point("supervisor:tree-gone")
         if not finished:
             _write_until_it_lands(store, job_id, outcome, tree.killed, record_pending)
-        if record_written:
             lifecycle.discard_outcome(record_path)
     tell(b"F")
